@@ -1,0 +1,41 @@
+"""The ``mixconv`` command line (also ``python -m mixconv``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .commands import info as info_cmd
+from .config import ConfigError
+from .models.registry import UnknownModelError
+from .weights import CheckpointError
+
+COMMANDS = (info_cmd,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="mixconv", description="MixConv and the MixNet family for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"mixconv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cmd in COMMANDS:
+        cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CheckpointError, UnknownModelError) as e:
+        print(f"mixconv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

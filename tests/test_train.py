@@ -96,7 +96,7 @@ def test_cli_resume_messages_and_finished_run(tiny_model, image_folder, tmp_path
     out = tmp_path / "run"
     from test_train_fixtures import cli_args
 
-    r = run_cli("train", *cli_args(tiny_settings(tiny_model, str(image_folder), out, epochs=1)))
+    r = run_cli("train", *cli_args(tiny_settings(tiny_model, str(image_folder), out, epochs=1)), subprocess_=True)
     assert r.returncode == 0, r.stderr
     r = run_cli("train", "--resume", str(out), "--epochs", "2")
     assert r.returncode == 0, r.stderr

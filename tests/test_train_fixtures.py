@@ -80,7 +80,21 @@ def cli_args(settings: dict) -> list[str]:
     return args
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: int = 300, subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """Run ``mixconv ARGS``: in this process (fast), or as ``python -m mixconv`` with ``subprocess_``."""
+    if not subprocess_:
+        import contextlib
+        import io
+
+        from mixconv.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse errors
+                code = e.code if isinstance(e.code, int) else 1
+        return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -70,3 +70,15 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
+
+
+def sync_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank.
+
+    Each rank's last training forward updates its BatchNorm statistics from its own batch; evaluating and
+    checkpointing must use one set, rank 0's, which is the one saved.
+    """
+    if not info.distributed:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=0)

@@ -26,7 +26,7 @@ from . import state as ckpt
 from .config import TrainConfig, check_overrides, make_config
 from .data import (AugmentSettings, Preprocess, ShardSampler, build_dataset, collate_skip, dataset_classes,
                    eval_transform, train_transform)
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .distributed import DistInfo, barrier, cleanup, init_distributed, sync_buffers
 from .ema import ModelEma
 from .engine import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .optim import create_optimizer, create_scheduler, scaled_lr
@@ -330,6 +330,7 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
                 kept = f"the last good checkpoint is intact: {last_w}" if rs.epoch else "no checkpoint was written yet"
                 raise TrainingError(f"{e}: stopping ({kept}); lower --lr or enable --clip-grad") from None
             eval_model = ema.module if ema is not None else model
+            sync_buffers(eval_model, info)
             vs = evaluate(eval_model, val_loader, info, "none", cfg.channels_last, desc=f"{desc} val",
                           log_interval=cfg.log_interval)
             row = {"epoch": epoch + 1, "train_loss": round(ts.loss, 6), "val_loss": round(vs.loss, 6),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_fixtures import image_folder, make_image_folder, run_cli, tiny_model, tiny_settings  # noqa: F401
+from test_train_fixtures import image_folder, run_cli, tiny_model, tiny_settings  # noqa: F401
 
 import mixconv
 from mixconv.training import TrainingError

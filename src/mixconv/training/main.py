@@ -252,13 +252,37 @@ def run(cfg: TrainConfig, *, resume: Optional[str] = None, resume_overrides: Opt
         cleanup(info)
 
 
-def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrides: dict[str, Any],
-         on_epoch_end: Optional[Callable[[dict], None]]) -> dict[str, Any]:
-    saved_state = None
-    if resume:
-        cfg, saved_state, out_dir = prepare_resume(resume, resume_overrides)
-    else:
-        out_dir = default_output(cfg, info)
+@dataclass
+class Trainer:
+    """Everything a run holds while it trains (built by :func:`_setup`)."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    out_dir: Path
+    pre: Preprocess
+    classes: list
+    model: nn.Module
+    train_model: nn.Module
+    ema: Optional[ModelEma]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[torch.amp.GradScaler]
+    train_loader: DataLoader
+    val_loader: DataLoader
+    sampler: Any
+    generator: torch.Generator
+    peak_lr: float
+    rs: RunState
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def path(self, name: str, kind: int = 0) -> Path:
+        return ckpt.checkpoint_paths(self.out_dir, name)[kind]
+
+
+def _setup(cfg: TrainConfig, info: DistInfo, out_dir: Path) -> Trainer:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -273,117 +297,143 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     peak_lr = scaled_lr(cfg, info.world_size)
     optimizer = create_optimizer(model, cfg, peak_lr)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
-    scheduler = create_scheduler(optimizer, cfg, peak_lr, steps_per_epoch)
+    scheduler = create_scheduler(optimizer, cfg, peak_lr, math.ceil(len(train_loader) / cfg.accum_steps))
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and info.device.type == "cuda" else None
-    rs = RunState()
-    last_w, last_s = ckpt.checkpoint_paths(out_dir, "last")
-    best_w, _ = ckpt.checkpoint_paths(out_dir, "best")
-    if saved_state is not None:
-        model.load_state_dict(saved_state["model"])
-        if ema is not None:
-            ema.load_state_dict(saved_state["ema"])
-        optimizer.load_state_dict(saved_state["optimizer"])
-        scheduler.load_state_dict(saved_state["scheduler"])
-        if scaler is not None and saved_state.get("scaler"):
-            scaler.load_state_dict(saved_state["scaler"])
-        ckpt.set_rng_state(saved_state["rng"])
-        rs = RunState(int(saved_state["epoch"]), float(saved_state["best_top1"]), int(saved_state["best_epoch"]),
-                      list(saved_state["history"]))
-        if rs.epoch >= cfg.epochs:
-            log(info, f"the run in {out_dir} is finished ({rs.epoch} of {cfg.epochs} epochs); nothing to do")
-            return _summary(cfg, rs, out_dir, info, best_w, last_w, finished=True)
-        log(info, f"resumed at epoch {rs.epoch} from {last_s}: continuing with epoch {rs.epoch + 1} of {cfg.epochs}")
-    train_model: nn.Module = model
+    return Trainer(cfg, info, out_dir, pre, classes, model, model, ema, optimizer, scheduler, scaler, train_loader,
+                   val_loader, sampler, generator, peak_lr, RunState())
+
+
+def _restore(t: Trainer, saved: dict[str, Any]) -> None:
+    t.model.load_state_dict(saved["model"])
+    if t.ema is not None:
+        t.ema.load_state_dict(saved["ema"])
+    t.optimizer.load_state_dict(saved["optimizer"])
+    t.scheduler.load_state_dict(saved["scheduler"])
+    if t.scaler is not None and saved.get("scaler"):
+        t.scaler.load_state_dict(saved["scaler"])
+    ckpt.set_rng_state(saved["rng"])
+    t.rs = RunState(int(saved["epoch"]), float(saved["best_top1"]), int(saved["best_epoch"]), list(saved["history"]))
+
+
+def _start(t: Trainer) -> None:
+    """Wrap the model for training (compile, DDP) and write the run directory's starting files."""
+    cfg, info = t.cfg, t.info
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        t.train_model = torch.compile(t.train_model)
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=device_ids)
+        t.train_model = nn.parallel.DistributedDataParallel(t.train_model, device_ids=device_ids)
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        t.out_dir.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        write_metrics(out_dir, rs.history)  # a resumed run keeps exactly the rows of its checkpoint
-        log(info, f"training {cfg.model} on {cfg.data} ({len(classes)} classes, {pre.img_size} px) for "
+        atomic_write(t.out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_metrics(t.out_dir, t.rs.history)  # a resumed run keeps exactly the rows of its checkpoint
+        log(info, f"training {cfg.model} on {cfg.data} ({len(t.classes)} classes, {t.pre.img_size} px) for "
                   f"{cfg.epochs} epochs on {info.world_size} process(es), {info.device.type}; "
-                  f"global batch {cfg.batch_size * info.world_size}, lr {peak_lr:.4g}; output {out_dir}")
+                  f"global batch {cfg.batch_size * info.world_size}, lr {t.peak_lr:.4g}; output {t.out_dir}")
     barrier(info)
+
+
+def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrides: dict[str, Any],
+         on_epoch_end: Optional[Callable[[dict], None]]) -> dict[str, Any]:
+    saved = None
+    if resume:
+        cfg, saved, out_dir = prepare_resume(resume, resume_overrides)
+    else:
+        out_dir = default_output(cfg, info)
+    t = _setup(cfg, info, out_dir)
+    if saved is not None:
+        _restore(t, saved)
+        if t.rs.epoch >= t.cfg.epochs:
+            log(info, f"the run in {out_dir} is finished ({t.rs.epoch} of {t.cfg.epochs} epochs); nothing to do")
+            return _summary(t, finished=True)
+        log(info, f"resumed at epoch {t.rs.epoch} from {t.path('last', 1)}: continuing with epoch "
+                  f"{t.rs.epoch + 1} of {t.cfg.epochs}")
+    _start(t)
     tb = _TensorBoard(out_dir, info.is_main)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    settings = StepSettings(cfg.amp, cfg.accum_steps, cfg.clip_grad, cfg.channels_last, cfg.log_interval)
-    batch_mix = _batch_mix(cfg, num_classes)
-    extra_base = {"classes": classes, "preprocess": pre.to_dict(), "data": cfg.data, "ema": ema is not None,
-                  "train_config": cfg.to_dict()}
     try:
-        for epoch in range(rs.epoch, cfg.epochs):
-            # Every epoch's randomness derives from (seed, epoch, rank): a resumed run replays it exactly.
-            seed_everything(cfg.seed + 1000 * (epoch + 1) + info.rank)
-            generator.manual_seed(cfg.seed + epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            desc = f"epoch {epoch + 1}/{cfg.epochs}"
-            try:
-                ts = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, epoch + 1, info,
-                                     settings, scaler, ema, batch_mix, desc=desc)
-            except NonFiniteLossError as e:
-                kept = f"the last good checkpoint is intact: {last_w}" if rs.epoch else "no checkpoint was written yet"
-                raise TrainingError(f"{e}: stopping ({kept}); lower --lr or enable --clip-grad") from None
-            eval_model = ema.module if ema is not None else model
-            sync_buffers(eval_model, info)
-            vs = evaluate(eval_model, val_loader, info, "none", cfg.channels_last, desc=f"{desc} val",
-                          log_interval=cfg.log_interval)
-            row = {"epoch": epoch + 1, "train_loss": round(ts.loss, 6), "val_loss": round(vs.loss, 6),
-                   "val_top1": round(vs.top1, 4), "val_top5": round(vs.top5, 4), "lr": ts.lr,
-                   "images_per_s": round(ts.images_per_s, 2),
-                   "seconds": round(ts.seconds + vs.seconds, 2), "skipped_images": ts.skipped + vs.skipped}
-            rs.epoch = epoch + 1
-            rs.history.append(row)
-            is_best = vs.top1 > rs.best_top1
-            if is_best:
-                rs.best_top1, rs.best_epoch = vs.top1, epoch + 1
+        for epoch in range(t.rs.epoch, t.cfg.epochs):
+            row = _one_epoch(t, epoch)
             if info.is_main:
-                extra = {**extra_base, "epoch": epoch + 1, "val_top1": vs.top1, "val_top5": vs.top5,
-                         "val_loss": vs.loss}
-                ckpt.save_weights(eval_model, last_w, extra)
-                if is_best:
-                    ckpt.save_weights(eval_model, best_w, extra)
-                ckpt.save_state(last_s, {
-                    "epoch": rs.epoch, "best_top1": rs.best_top1, "best_epoch": rs.best_epoch, "history": rs.history,
-                    "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None, "rng": ckpt.rng_state(),
-                })
-                write_metrics(out_dir, rs.history)
-                write_curves(out_dir, rs.history)
                 tb.add(row)
-                log(info, f"epoch {epoch + 1}/{cfg.epochs}: train_loss {ts.loss:.4f} val_loss {vs.loss:.4f} "
-                          f"top1 {vs.top1:.2f} top5 {vs.top5:.2f} ({ts.images / max(ts.seconds, 1e-9):.1f} img/s, "
-                          f"{row['seconds']:.1f} s, {row['skipped_images']} skipped)")
-                _summary(cfg, rs, out_dir, info, best_w, last_w, finished=rs.epoch >= cfg.epochs)
             barrier(info)
             if on_epoch_end is not None:
                 on_epoch_end(dict(row))
     finally:
         tb.close()
-    summary = _summary(cfg, rs, out_dir, info, best_w, last_w, finished=True, write=False)
-    log(info, f"done: best top-1 {rs.best_top1:.2f} (epoch {rs.best_epoch}), final top-1 "
+    summary = _summary(t, finished=True, write=False)
+    log(info, f"done: best top-1 {summary['best_top1']:.2f} (epoch {t.rs.best_epoch}), final top-1 "
               f"{summary['final_top1']:.2f}; checkpoints in {out_dir}")
     return summary
 
 
-def _summary(cfg: TrainConfig, rs: RunState, out_dir: Path, info: DistInfo, best_w: Path, last_w: Path,
-             finished: bool, write: bool = True) -> dict[str, Any]:
+def _one_epoch(t: Trainer, epoch: int) -> dict[str, Any]:
+    """Train, evaluate (fp32, the weights that are saved) and checkpoint epoch ``epoch`` (0-based)."""
+    cfg, info = t.cfg, t.info
+    # Every epoch's randomness derives from (seed, epoch, rank): a resumed run replays it exactly.
+    seed_everything(cfg.seed + 1000 * (epoch + 1) + info.rank)
+    t.generator.manual_seed(cfg.seed + epoch)
+    if t.sampler is not None:
+        t.sampler.set_epoch(epoch)
+    desc = f"epoch {epoch + 1}/{cfg.epochs}"
+    settings = StepSettings(cfg.amp, cfg.accum_steps, cfg.clip_grad, cfg.channels_last, cfg.log_interval)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    try:
+        ts = train_one_epoch(t.train_model, criterion, t.optimizer, t.scheduler, t.train_loader, epoch + 1, info,
+                             settings, t.scaler, t.ema, _batch_mix(cfg, len(t.classes)), desc=desc)
+    except NonFiniteLossError as e:
+        kept = f"the last good checkpoint is intact: {t.path('last')}" if t.rs.epoch else "no checkpoint was written yet"
+        raise TrainingError(f"{e}: stopping ({kept}); lower --lr or enable --clip-grad") from None
+    sync_buffers(t.eval_model, info)
+    vs = evaluate(t.eval_model, t.val_loader, info, "none", cfg.channels_last, desc=f"{desc} val",
+                  log_interval=cfg.log_interval)
+    row = {"epoch": epoch + 1, "train_loss": round(ts.loss, 6), "val_loss": round(vs.loss, 6),
+           "val_top1": round(vs.top1, 4), "val_top5": round(vs.top5, 4), "lr": ts.lr,
+           "images_per_s": round(ts.images_per_s, 2), "seconds": round(ts.seconds + vs.seconds, 2),
+           "skipped_images": ts.skipped + vs.skipped}
+    t.rs.epoch = epoch + 1
+    t.rs.history.append(row)
+    is_best = vs.top1 > t.rs.best_top1
+    if is_best:
+        t.rs.best_top1, t.rs.best_epoch = vs.top1, epoch + 1
+    if info.is_main:
+        _save(t, {"epoch": epoch + 1, "val_top1": vs.top1, "val_top5": vs.top5, "val_loss": vs.loss}, is_best)
+        log(info, f"{desc}: train_loss {ts.loss:.4f} val_loss {vs.loss:.4f} top1 {vs.top1:.2f} top5 {vs.top5:.2f} "
+                  f"({ts.images_per_s:.1f} img/s, {row['seconds']:.1f} s, {row['skipped_images']} skipped)")
+    return row
+
+
+def _save(t: Trainer, results: dict[str, Any], is_best: bool) -> None:
+    """Checkpoints first (weights, then the resume state), then the files derived from the history."""
+    extra = {"classes": t.classes, "preprocess": t.pre.to_dict(), "data": t.cfg.data, "ema": t.ema is not None,
+             "train_config": t.cfg.to_dict(), **results}
+    ckpt.save_weights(t.eval_model, t.path("last"), extra)
+    if is_best:
+        ckpt.save_weights(t.eval_model, t.path("best"), extra)
+    rs = t.rs
+    ckpt.save_state(t.path("last", 1), {
+        "epoch": rs.epoch, "best_top1": rs.best_top1, "best_epoch": rs.best_epoch, "history": rs.history,
+        "model": t.model.state_dict(), "ema": t.ema.state_dict() if t.ema is not None else None,
+        "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None, "rng": ckpt.rng_state(),
+    })
+    write_metrics(t.out_dir, rs.history)
+    write_curves(t.out_dir, rs.history)
+    _summary(t, finished=rs.epoch >= t.cfg.epochs)
+
+
+def _summary(t: Trainer, finished: bool, write: bool = True) -> dict[str, Any]:
+    rs = t.rs
     summary = {
-        "model": cfg.model, "data": cfg.data, "epochs": rs.epoch, "planned_epochs": cfg.epochs,
-        "finished": finished, "world_size": info.world_size,
-        "best_top1": rs.best_top1 if rs.history else None, "best_epoch": rs.best_epoch,
+        "model": t.cfg.model, "data": t.cfg.data, "epochs": rs.epoch, "planned_epochs": t.cfg.epochs,
+        "finished": finished, "world_size": t.info.world_size,
+        "best_top1": round(rs.best_top1, 4) if rs.history else None, "best_epoch": rs.best_epoch,
         "final_top1": rs.history[-1]["val_top1"] if rs.history else None,
-        "best_checkpoint": str(best_w.resolve()), "last_checkpoint": str(last_w.resolve()),
-        "output": str(out_dir.resolve()),
+        "best_checkpoint": str(t.path("best").resolve()), "last_checkpoint": str(t.path("last").resolve()),
+        "output": str(t.out_dir.resolve()),
     }
-    if write and info.is_main:
-        write_json(out_dir / "summary.json", summary)
+    if write and t.info.is_main:
+        write_json(t.out_dir / "summary.json", summary)
     return summary
 
 

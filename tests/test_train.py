@@ -184,3 +184,41 @@ def test_train_cli_errors(tiny_model, tmp_path):
     assert r.returncode == 2 and "unknown model 'mixnet_q'" in r.stderr
     r = run_cli("train", "--epochs", "zero")
     assert r.returncode == 2 and "invalid int value" in r.stderr
+
+
+def test_sigkill_then_resume_ends_like_the_uninterrupted_run(tiny_model, image_folder, tmp_path):
+    """A real kill (SIGKILL, at whatever point of an epoch or a checkpoint write), then --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_train_fixtures import REPO, cli_args
+
+    settings = tiny_settings(tiny_model, str(image_folder), tmp_path / "killed", epochs=6)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-m", "mixconv", "train", *cli_args(settings)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "killed"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "last.state.pt").is_file() and len(rows(out)) >= 2:
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = len(rows(out))
+    assert 2 <= done, "the run did not get two epochs in before the deadline"
+    r = run_cli("train", "--resume", str(out))
+    assert r.returncode == 0, r.stderr
+    if done < 6:
+        assert "resumed at epoch" in r.stderr
+    full = mixconv.train(None, **tiny_settings(tiny_model, str(image_folder), tmp_path / "full", epochs=6))
+    after = rows(out)
+    assert [int(x["epoch"]) for x in after] == [1, 2, 3, 4, 5, 6]
+    assert abs(float(after[-1]["val_top1"]) - full["final_top1"]) <= 0.5

@@ -180,6 +180,9 @@ def test_train_cli_errors(tiny_model, tmp_path):
     assert r.returncode == 2 and "opt: got 'adam'" in r.stderr
     r = run_cli("train", "--data", str(tmp_path / "missing"), "--model", tiny_model)
     assert r.returncode == 2 and "missing: no such directory" in r.stderr
+    (tmp_path / "noval" / "train" / "a").mkdir(parents=True)
+    r = run_cli("train", "--data", str(tmp_path / "noval"), "--model", tiny_model)
+    assert r.returncode == 2 and "no val/ folder" in r.stderr
     r = run_cli("train", "--model", "mixnet_q")
     assert r.returncode == 2 and "unknown model 'mixnet_q'" in r.stderr
     r = run_cli("train", "--epochs", "zero")

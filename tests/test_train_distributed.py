@@ -18,7 +18,7 @@ import mixconv
                     reason="this torch build has no gloo backend")
 def test_torchrun_two_processes_gloo(tiny_model, image_folder, tmp_path):
     out = tmp_path / "run"
-    settings = tiny_settings(tiny_model, str(image_folder), out, epochs=1, batch_size=8)
+    settings = tiny_settings(tiny_model, str(image_folder), out, epochs=1, batch_size=8, ema_decay=0.9)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -159,8 +159,9 @@ def build_dataset(data: str, split: str, transform: Callable, val_fraction: floa
     if not root.is_dir():
         raise ConfigError(f"--data {data}: no such directory; expected 'digits' or an ImageFolder root with train/ and val/")
     sub = root / split
-    if split == "train" and not sub.is_dir():
-        raise ConfigError(f"--data {data}: no train/ folder; expected an ImageFolder root with train/ and val/")
+    if split == "train" and not (sub.is_dir() and (root / "val").is_dir()):
+        raise ConfigError(f"--data {data}: no {'train' if not sub.is_dir() else 'val'}/ folder; expected an "
+                          "ImageFolder root with train/ and val/ (one sub-folder of images per class in each)")
     return open_image_folder(sub if sub.is_dir() else root, transform)
 
 

@@ -286,7 +286,7 @@ def _setup(cfg: TrainConfig, info: DistInfo, out_dir: Path) -> Trainer:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    seed_everything(cfg.seed + info.rank)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (EMA copies them before DDP would)
     pre = resolve_preprocess(cfg)
     train_loader, val_loader, classes, (sampler, generator) = build_loaders(cfg, pre, info)
     num_classes = cfg.num_classes or len(classes)

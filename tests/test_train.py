@@ -44,6 +44,10 @@ def test_short_run_writes_everything(tiny_model, tmp_path):
     assert on_disk["best_top1"] == pytest.approx(max(float(x["val_top1"]) for x in r), abs=1e-3)
     assert Path(on_disk["best_checkpoint"]).is_absolute()
     assert float(r[-1]["val_top1"]) > 30.0  # 10 classes; chance is 10%
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib"):  # optional: curves.png only when matplotlib is installed
+        assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the resolved settings are saved: the data's class count and the model's drop rate are filled in
     import yaml
 

@@ -110,6 +110,8 @@ def test_cli_resume_messages_and_finished_run(tiny_model, image_folder, tmp_path
     assert r.returncode == 0, r.stderr
     assert "finished" in r.stderr
     assert [int(x["epoch"]) for x in rows(out)] == [1, 2]
+    r = run_cli("train", "--output", str(out), "--epochs", "1")
+    assert r.returncode == 1 and "already holds a training run" in r.stderr
     r = run_cli("train", "--resume", str(out), "--lr", "0.5")
     assert r.returncode == 1 and "cannot change lr" in r.stderr
     r = run_cli("train", "--resume", str(tmp_path / "nothing"))
@@ -187,6 +189,9 @@ def test_train_cli_errors(tiny_model, tmp_path):
     (tmp_path / "noval" / "train" / "a").mkdir(parents=True)
     r = run_cli("train", "--data", str(tmp_path / "noval"), "--model", tiny_model)
     assert r.returncode == 2 and "no val/ folder" in r.stderr
+    if not torch.cuda.is_available():
+        r = run_cli("train", "--amp", "fp16", "--output", str(tmp_path / "fp16"))
+        assert r.returncode == 1 and "fp16 needs CUDA" in r.stderr
     r = run_cli("train", "--model", "mixnet_q")
     assert r.returncode == 2 and "unknown model 'mixnet_q'" in r.stderr
     r = run_cli("train", "--epochs", "zero")

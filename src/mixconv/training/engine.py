@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError
 from .distributed import DistInfo, all_reduce_sum, broadcast_flag
 
 
@@ -62,7 +63,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "none":
         return contextlib.nullcontext()
     if device.type == "cpu" and amp == "fp16":
-        raise ValueError("amp fp16 needs CUDA; use --amp bf16 on CPU")
+        raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 

@@ -341,6 +341,11 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
         cfg, saved, out_dir = prepare_resume(resume, resume_overrides)
     else:
         out_dir = default_output(cfg, info)
+        if ckpt.checkpoint_paths(out_dir, "last")[1].exists():
+            raise TrainingError(f"{out_dir} already holds a training run; continue it with --resume {out_dir} or "
+                                "choose another --output")
+    if cfg.amp == "fp16" and info.device.type != "cuda":
+        raise TrainingError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
     t = _setup(cfg, info, out_dir)
     if saved is not None:
         _restore(t, saved)

@@ -234,3 +234,19 @@ def test_sigkill_then_resume_ends_like_the_uninterrupted_run(tiny_model, image_f
     after = rows(out)
     assert [int(x["epoch"]) for x in after] == [1, 2, 3, 4, 5, 6]
     assert abs(float(after[-1]["val_top1"]) - full["final_top1"]) <= 0.5
+
+
+@pytest.mark.parametrize("recipe", ["tf-mixnet", "mindcv-mixnet"])
+def test_imagenet_recipes_run(recipe, tiny_model, image_folder, tmp_path):
+    """The shipped ImageNet recipes, shrunk to one tiny epoch: every setting they use works together."""
+    out = tmp_path / "run"
+    summary = mixconv.train(recipe, model=tiny_model, data=str(image_folder), output=str(out), epochs=1,
+                            img_size=32, batch_size=8, workers=0, log_interval=1000)
+    assert summary["epochs"] == 1
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    expected = mixconv.training.load_recipe(recipe)
+    for key in ("opt", "sched", "lr", "weight_decay", "label_smoothing", "ema_decay", "mixup", "auto_augment"):
+        if key in expected:
+            assert saved[key] == expected[key], key

@@ -24,8 +24,29 @@ from .weights import CheckpointError, load_pretrained, save_checkpoint
 
 __version__ = "0.1.0"
 
+
+def train(recipe: str | None = "digits", **settings):
+    """Train a MixNet (see :func:`mixconv.training.train`); ``mixconv.train()`` is ``mixconv train``."""
+    from .training import train as _train  # lazy: torchvision and scikit-learn load only when training
+
+    return _train(recipe, **settings)
+
+
+def evaluate(checkpoint, **options):
+    """Evaluate a checkpoint (see :func:`mixconv.training.inference.evaluate`): top-1, top-5, loss, images/s."""
+    from .training.inference import evaluate as _evaluate
+
+    return _evaluate(checkpoint, **options)
+
+
+def predict(images, checkpoint, **options):
+    """Top-k classes of images (see :func:`mixconv.training.inference.predict`)."""
+    from .training.inference import predict as _predict
+
+    return _predict(images, checkpoint, **options)
+
 __all__ = [
-    "BlockRow", "CheckpointError", "ConfigError", "ConvNormAct", "DropPath", "MixConv2d", "MixNet", "MixNetFeatures",
+    "BlockRow", "CheckpointError", "evaluate", "predict", "train", "ConfigError", "ConvNormAct", "DropPath", "MixConv2d", "MixNet", "MixNetFeatures",
     "MixNetSpec", "ModelMeta", "SqueezeExcite", "UnknownModelError", "__version__", "create_act", "create_model",
     "get_model_def", "grouped_conv1x1", "list_models", "load_config", "load_pretrained", "save_checkpoint",
     "save_config", "split_channels",

@@ -6,11 +6,14 @@ import sys
 from typing import Sequence
 
 from .commands import info as info_cmd
+from .commands import predict as predict_cmd
+from .commands import train as train_cmd
+from .commands import validate as validate_cmd
 from .config import ConfigError
 from .models.registry import UnknownModelError
 from .weights import CheckpointError
 
-COMMANDS = (info_cmd,)
+COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

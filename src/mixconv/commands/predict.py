@@ -1,0 +1,42 @@
+"""``mixconv predict IMAGE...``: the top-k classes of each image with their probabilities."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict", help="classify images with a checkpoint (top-k classes and probabilities)",
+        description="Classify images with a checkpoint, using its class names and preprocessing.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mixconv training checkpoint (or any "
+                   "checkpoint with --model)")
+    p.add_argument("--model", metavar="NAME|YAML", help="the architecture (default: the checkpoint's own)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--crop-pct", type=float)
+    p.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic"))
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..training.inference import predict
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k: got {args.top_k}; expected an int >= 1")
+    results = predict(args.images, args.checkpoint, model=args.model, top_k=args.top_k, img_size=args.img_size,
+                      crop_pct=args.crop_pct, interpolation=args.interpolation)
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['image']}: unreadable ({r['error']})")
+                continue
+            tops = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
+            print(f"{r['image']}: {tops}")
+    ok = sum("error" not in r for r in results)
+    return 0 if ok else 1

@@ -1,0 +1,455 @@
+"""The training run: ``main(args)`` for the CLI and ``train(...)`` for Python, one process or many (torchrun)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..models import create_model
+from ..models.factory import resolve_model_name
+from ..weights import CheckpointError, atomic_write, load_pretrained
+from . import state as ckpt
+from .config import TrainConfig, check_overrides, make_config
+from .data import (AugmentSettings, Preprocess, ShardSampler, build_dataset, collate_skip, dataset_classes,
+                   eval_transform, train_transform)
+from .distributed import DistInfo, barrier, cleanup, init_distributed, sync_buffers
+from .ema import ModelEma
+from .engine import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from .optim import create_optimizer, create_scheduler, scaled_lr
+
+METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "seconds",
+                 "skipped_images")
+# Settings a resumed run may change; anything else must match the run being resumed.
+RESUME_CHANGEABLE = ("epochs", "workers", "log_interval", "resume")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or had to stop; the message says why and what was kept."""
+
+
+@dataclass
+class RunState:
+    """Mutable bookkeeping of a run (what the resume state stores besides module/optimizer states)."""
+
+    epoch: int = 0  # completed epochs
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    history: list = None  # metrics rows as dicts
+
+    def __post_init__(self) -> None:
+        self.history = list(self.history or [])
+
+
+def log(info: DistInfo, msg: str) -> None:
+    if info.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_preprocess(cfg: TrainConfig) -> Preprocess:
+    _, _, meta = resolve_model_name(cfg.model)
+    return Preprocess(
+        img_size=cfg.img_size or meta.input_size[-1],
+        crop_pct=cfg.crop_pct or meta.crop_pct,
+        interpolation=cfg.interpolation or meta.interpolation,
+        mean=tuple(cfg.mean or meta.mean),
+        std=tuple(cfg.std or meta.std),
+    )
+
+
+def build_loaders(cfg: TrainConfig, pre: Preprocess, info: DistInfo) -> tuple[DataLoader, DataLoader, list[str], Any]:
+    """Train and val loaders (sharded over ranks) and the class names."""
+    aug = AugmentSettings(cfg.scale, cfg.ratio, cfg.hflip, cfg.auto_augment, cfg.randaugment_magnitude, cfg.re_prob)
+    train_ds = build_dataset(cfg.data, "train", train_transform(pre, aug), cfg.val_fraction)
+    val_ds = build_dataset(cfg.data, "val", eval_transform(pre), cfg.val_fraction)
+    classes = dataset_classes(train_ds)
+    if dataset_classes(val_ds) != classes:
+        raise TrainingError(f"--data {cfg.data}: train/ and val/ have different class folders "
+                            f"({len(classes)} vs {len(dataset_classes(val_ds))})")
+    generator = torch.Generator()
+    pin = info.device.type == "cuda"
+    drop_last = len(train_ds) // info.world_size >= cfg.batch_size
+    common = dict(num_workers=cfg.workers, pin_memory=pin, collate_fn=collate_skip,
+                  persistent_workers=False, generator=generator)
+    if info.distributed:
+        sampler = torch.utils.data.DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True,
+                                                      seed=cfg.seed, drop_last=drop_last)
+        train_loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=drop_last, **common)
+    else:
+        sampler = None
+        train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=drop_last, **common)
+    val_loader = DataLoader(val_ds, cfg.batch_size, sampler=ShardSampler(len(val_ds), info.rank, info.world_size),
+                            **{**common, "generator": None})
+    if len(train_loader) == 0:
+        raise TrainingError(f"--data {cfg.data}: no training batches (dataset of {len(train_ds)} images)")
+    return train_loader, val_loader, classes, (sampler, generator)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, info: DistInfo) -> nn.Module:
+    model = create_model(cfg.model, num_classes=num_classes, drop_rate=cfg.drop_rate,
+                         drop_path_rate=cfg.drop_path_rate)
+    if isinstance(getattr(model, "classifier", None), nn.Linear):
+        # A zero classifier starts every class at equal odds (loss ln(N)); the TF init's large random logits
+        # cost a short run its first epochs.
+        nn.init.zeros_(model.classifier.weight)
+    if cfg.pretrained:
+        load_pretrained(model, cfg.pretrained)  # a classifier of another size stays as initialised above
+    if cfg.freeze_backbone:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("classifier."))
+    if cfg.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
+    if cfg.sync_bn and info.distributed:
+        if info.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            warnings.warn("--sync-bn needs CUDA (nccl); using plain BatchNorm on CPU", stacklevel=2)
+    model.to(info.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def resolved_config(cfg: TrainConfig, pre: Preprocess, num_classes: int, model: nn.Module, out_dir: Path) -> TrainConfig:
+    return replace(cfg, num_classes=num_classes, img_size=pre.img_size, crop_pct=pre.crop_pct,
+                   interpolation=pre.interpolation, mean=pre.mean, std=pre.std,
+                   drop_rate=float(getattr(model, "drop_rate", 0.0)), output=str(out_dir))
+
+
+def default_output(cfg: TrainConfig, info: DistInfo) -> Path:
+    if cfg.output:
+        return Path(cfg.output)
+    name = Path(cfg.model).stem
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if info.distributed:  # every rank must use rank 0's timestamp
+        obj = [stamp]
+        torch.distributed.broadcast_object_list(obj, src=0)
+        stamp = obj[0]
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def write_metrics(out_dir: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row[k] for k in METRIC_FIELDS})
+    text = buf.getvalue()
+    atomic_write(out_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_curves(out_dir: Path, history: list[dict]) -> None:
+    """``curves.png`` (loss and top-1 per epoch) when matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(epochs, [r["train_loss"] for r in history], label="train")
+    a.plot(epochs, [r["val_loss"] for r in history], label="val")
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend()
+    b.plot(epochs, [r["val_top1"] for r in history], label="top-1")
+    b.plot(epochs, [r["val_top5"] for r in history], label="top-5")
+    b.set_xlabel("epoch"), b.set_ylabel("val accuracy (%)"), b.legend()
+    fig.tight_layout()
+    atomic_write(out_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+class _TensorBoard:
+    """Scalars to TensorBoard event files when tensorboard is installed; otherwise nothing."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def add(self, row: dict) -> None:
+        if self.writer is not None:
+            for k in METRIC_FIELDS[1:]:
+                self.writer.add_scalar(k, row[k], row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _batch_mix(cfg: TrainConfig, num_classes: int) -> Optional[Callable]:
+    from torchvision.transforms import v2
+
+    ops = []
+    if cfg.mixup > 0:
+        ops.append(v2.MixUp(alpha=cfg.mixup, num_classes=num_classes))
+    if cfg.cutmix > 0:
+        ops.append(v2.CutMix(alpha=cfg.cutmix, num_classes=num_classes))
+    if not ops:
+        return None
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+
+def prepare_resume(target: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any], Path]:
+    """The saved settings of the run being resumed (only ``RESUME_CHANGEABLE`` may differ) and its state."""
+    state_path = ckpt.find_resume_state(target)
+    out_dir = state_path.parent
+    config_path = out_dir / "config.yaml"
+    if not config_path.is_file():
+        raise CheckpointError(f"--resume {target}: {config_path} is missing; a run directory written by "
+                              "`mixconv train` holds it")
+    saved = make_config(None, yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
+    changes = check_overrides(overrides, "command line")
+    conflicts = [k for k, v in changes.items() if k not in RESUME_CHANGEABLE and getattr(saved, k) != v]
+    if conflicts:
+        raise TrainingError(f"--resume {target}: cannot change {', '.join(conflicts)} when resuming (the run was "
+                            f"started with {', '.join(f'{k}={getattr(saved, k)!r}' for k in conflicts)}); only "
+                            f"{', '.join(RESUME_CHANGEABLE[:-1])} may change")
+    cfg = replace(saved, output=str(out_dir), **{k: v for k, v in changes.items() if k in RESUME_CHANGEABLE[:-1]})
+    return cfg, ckpt.load_state(state_path), out_dir
+
+
+def run(cfg: TrainConfig, *, resume: Optional[str] = None, resume_overrides: Optional[dict[str, Any]] = None,
+        on_epoch_end: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+    """Train (or resume) a run; returns the summary (also written to ``summary.json``)."""
+    info = init_distributed()
+    try:
+        return _run(cfg, info, resume, resume_overrides or {}, on_epoch_end)
+    finally:
+        cleanup(info)
+
+
+@dataclass
+class Trainer:
+    """Everything a run holds while it trains (built by :func:`_setup`)."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    out_dir: Path
+    pre: Preprocess
+    classes: list
+    model: nn.Module
+    train_model: nn.Module
+    ema: Optional[ModelEma]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[torch.amp.GradScaler]
+    train_loader: DataLoader
+    val_loader: DataLoader
+    sampler: Any
+    generator: torch.Generator
+    peak_lr: float
+    rs: RunState
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def path(self, name: str, kind: int = 0) -> Path:
+        return ckpt.checkpoint_paths(self.out_dir, name)[kind]
+
+
+def _setup(cfg: TrainConfig, info: DistInfo, out_dir: Path) -> Trainer:
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    seed_everything(cfg.seed)  # the same initial weights on every rank (EMA copies them before DDP would)
+    pre = resolve_preprocess(cfg)
+    train_loader, val_loader, classes, (sampler, generator) = build_loaders(cfg, pre, info)
+    num_classes = cfg.num_classes or len(classes)
+    if num_classes != len(classes):
+        raise TrainingError(f"--num-classes {num_classes} but the data has {len(classes)} classes")
+    model = build_model(cfg, num_classes, info)
+    cfg = resolved_config(cfg, pre, num_classes, model, out_dir)
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    peak_lr = scaled_lr(cfg, info.world_size)
+    optimizer = create_optimizer(model, cfg, peak_lr)
+    scheduler = create_scheduler(optimizer, cfg, peak_lr, math.ceil(len(train_loader) / cfg.accum_steps))
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and info.device.type == "cuda" else None
+    return Trainer(cfg, info, out_dir, pre, classes, model, model, ema, optimizer, scheduler, scaler, train_loader,
+                   val_loader, sampler, generator, peak_lr, RunState())
+
+
+def _restore(t: Trainer, saved: dict[str, Any]) -> None:
+    t.model.load_state_dict(saved["model"])
+    if t.ema is not None:
+        t.ema.load_state_dict(saved["ema"])
+    t.optimizer.load_state_dict(saved["optimizer"])
+    t.scheduler.load_state_dict(saved["scheduler"])
+    if t.scaler is not None and saved.get("scaler"):
+        t.scaler.load_state_dict(saved["scaler"])
+    ckpt.set_rng_state(saved["rng"])
+    t.rs = RunState(int(saved["epoch"]), float(saved["best_top1"]), int(saved["best_epoch"]), list(saved["history"]))
+
+
+def _start(t: Trainer) -> None:
+    """Wrap the model for training (compile, DDP) and write the run directory's starting files."""
+    cfg, info = t.cfg, t.info
+    if cfg.compile:
+        t.train_model = torch.compile(t.train_model)
+    if info.distributed:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        t.train_model = nn.parallel.DistributedDataParallel(t.train_model, device_ids=device_ids)
+    if info.is_main:
+        t.out_dir.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        atomic_write(t.out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_metrics(t.out_dir, t.rs.history)  # a resumed run keeps exactly the rows of its checkpoint
+        log(info, f"training {cfg.model} on {cfg.data} ({len(t.classes)} classes, {t.pre.img_size} px) for "
+                  f"{cfg.epochs} epochs on {info.world_size} process(es), {info.device.type}; "
+                  f"global batch {cfg.batch_size * info.world_size}, lr {t.peak_lr:.4g}; output {t.out_dir}")
+    barrier(info)
+
+
+def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrides: dict[str, Any],
+         on_epoch_end: Optional[Callable[[dict], None]]) -> dict[str, Any]:
+    saved = None
+    if resume:
+        cfg, saved, out_dir = prepare_resume(resume, resume_overrides)
+    else:
+        out_dir = default_output(cfg, info)
+        if ckpt.checkpoint_paths(out_dir, "last")[1].exists():
+            raise TrainingError(f"{out_dir} already holds a training run; continue it with --resume {out_dir} or "
+                                "choose another --output")
+    if cfg.amp == "fp16" and info.device.type != "cuda":
+        raise TrainingError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
+    t = _setup(cfg, info, out_dir)
+    if saved is not None:
+        _restore(t, saved)
+        if t.rs.epoch >= t.cfg.epochs:
+            log(info, f"the run in {out_dir} is finished ({t.rs.epoch} of {t.cfg.epochs} epochs); nothing to do")
+            return _summary(t, finished=True)
+        log(info, f"resumed at epoch {t.rs.epoch} from {t.path('last', 1)}: continuing with epoch "
+                  f"{t.rs.epoch + 1} of {t.cfg.epochs}")
+    _start(t)
+    tb = _TensorBoard(out_dir, info.is_main)
+    try:
+        for epoch in range(t.rs.epoch, t.cfg.epochs):
+            row = _one_epoch(t, epoch)
+            if info.is_main:
+                tb.add(row)
+            barrier(info)
+            if on_epoch_end is not None:
+                on_epoch_end(dict(row))
+    finally:
+        tb.close()
+    summary = _summary(t, finished=True, write=False)
+    log(info, f"done: best top-1 {summary['best_top1']:.2f} (epoch {t.rs.best_epoch}), final top-1 "
+              f"{summary['final_top1']:.2f}; checkpoints in {out_dir}")
+    return summary
+
+
+def _one_epoch(t: Trainer, epoch: int) -> dict[str, Any]:
+    """Train, evaluate (fp32, the weights that are saved) and checkpoint epoch ``epoch`` (0-based)."""
+    cfg, info = t.cfg, t.info
+    # Every epoch's randomness derives from (seed, epoch, rank): a resumed run replays it exactly.
+    seed_everything(cfg.seed + 1000 * (epoch + 1) + info.rank)
+    t.generator.manual_seed(cfg.seed + epoch)
+    if t.sampler is not None:
+        t.sampler.set_epoch(epoch)
+    desc = f"epoch {epoch + 1}/{cfg.epochs}"
+    settings = StepSettings(cfg.amp, cfg.accum_steps, cfg.clip_grad, cfg.channels_last, cfg.log_interval)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    try:
+        ts = train_one_epoch(t.train_model, criterion, t.optimizer, t.scheduler, t.train_loader, epoch + 1, info,
+                             settings, t.scaler, t.ema, _batch_mix(cfg, len(t.classes)), desc=desc)
+    except NonFiniteLossError as e:
+        kept = f"the last good checkpoint is intact: {t.path('last')}" if t.rs.epoch else "no checkpoint was written yet"
+        raise TrainingError(f"{e}: stopping ({kept}); lower --lr or enable --clip-grad") from None
+    sync_buffers(t.eval_model, info)
+    vs = evaluate(t.eval_model, t.val_loader, info, "none", cfg.channels_last, desc=f"{desc} val",
+                  log_interval=cfg.log_interval)
+    row = {"epoch": epoch + 1, "train_loss": round(ts.loss, 6), "val_loss": round(vs.loss, 6),
+           "val_top1": round(vs.top1, 4), "val_top5": round(vs.top5, 4), "lr": ts.lr,
+           "images_per_s": round(ts.images_per_s, 2), "seconds": round(ts.seconds + vs.seconds, 2),
+           "skipped_images": ts.skipped + vs.skipped}
+    t.rs.epoch = epoch + 1
+    t.rs.history.append(row)
+    is_best = vs.top1 > t.rs.best_top1
+    if is_best:
+        t.rs.best_top1, t.rs.best_epoch = vs.top1, epoch + 1
+    if info.is_main:
+        _save(t, {"epoch": epoch + 1, "val_top1": vs.top1, "val_top5": vs.top5, "val_loss": vs.loss}, is_best)
+        log(info, f"{desc}: train_loss {ts.loss:.4f} val_loss {vs.loss:.4f} top1 {vs.top1:.2f} top5 {vs.top5:.2f} "
+                  f"({ts.images_per_s:.1f} img/s, {row['seconds']:.1f} s, {row['skipped_images']} skipped)")
+    return row
+
+
+def _save(t: Trainer, results: dict[str, Any], is_best: bool) -> None:
+    """Checkpoints first (weights, then the resume state), then the files derived from the history."""
+    extra = {"classes": t.classes, "preprocess": t.pre.to_dict(), "data": t.cfg.data, "ema": t.ema is not None,
+             "train_config": t.cfg.to_dict(), **results}
+    ckpt.save_weights(t.eval_model, t.path("last"), extra)
+    if is_best:
+        ckpt.save_weights(t.eval_model, t.path("best"), extra)
+    rs = t.rs
+    ckpt.save_state(t.path("last", 1), {
+        "epoch": rs.epoch, "best_top1": rs.best_top1, "best_epoch": rs.best_epoch, "history": rs.history,
+        "model": t.model.state_dict(), "ema": t.ema.state_dict() if t.ema is not None else None,
+        "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None, "rng": ckpt.rng_state(),
+    })
+    write_metrics(t.out_dir, rs.history)
+    write_curves(t.out_dir, rs.history)
+    _summary(t, finished=rs.epoch >= t.cfg.epochs)
+
+
+def _summary(t: Trainer, finished: bool, write: bool = True) -> dict[str, Any]:
+    rs = t.rs
+    summary = {
+        "model": t.cfg.model, "data": t.cfg.data, "epochs": rs.epoch, "planned_epochs": t.cfg.epochs,
+        "finished": finished, "world_size": t.info.world_size,
+        "best_top1": round(rs.best_top1, 4) if rs.history else None, "best_epoch": rs.best_epoch,
+        "final_top1": rs.history[-1]["val_top1"] if rs.history else None,
+        "best_checkpoint": str(t.path("best").resolve()), "last_checkpoint": str(t.path("last").resolve()),
+        "output": str(t.out_dir.resolve()),
+    }
+    if write and t.info.is_main:
+        write_json(t.out_dir / "summary.json", summary)
+    return summary
+
+
+def train(recipe: Optional[str] = "digits", *, resume: Optional[str] = None,
+          on_epoch_end: Optional[Callable[[dict], None]] = None, **settings: Any) -> dict[str, Any]:
+    """Train from Python (a notebook): ``mixconv.train(epochs=3, output="runs/x")``.
+
+    ``recipe`` is a shipped recipe name or YAML path; ``settings`` are :class:`TrainConfig` fields on top.
+    ``resume`` continues a run directory (only ``epochs``, ``workers`` and ``log_interval`` may change).
+    Returns the summary dict (``best_top1``, ``final_top1``, checkpoints, ...).
+    """
+    if resume:
+        return run(TrainConfig(), resume=resume, resume_overrides=settings, on_epoch_end=on_epoch_end)
+    return run(make_config(recipe, settings), on_epoch_end=on_epoch_end)

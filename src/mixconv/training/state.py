@@ -1,0 +1,141 @@
+"""Training checkpoints.
+
+A run directory holds, per checkpoint name (``last``, ``best``):
+
+- ``NAME.safetensors``: the weights to evaluate (the EMA weights when EMA is on) with the model config, class
+  names and preprocessing in the header, so ``validate``/``predict``/``export`` need nothing else;
+- ``last.state.pt`` (for ``last`` only): everything to resume: raw and EMA weights, optimizer, scheduler,
+  scaler, epoch, RNG states and the metrics history. It holds tensors and plain containers only and is
+  read with ``torch.load(weights_only=True)``.
+
+Both are written through a temporary file, fsync and rename: a kill during a write leaves the previous file.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..weights import CheckpointError, atomic_write, read_checkpoint, save_checkpoint
+
+STATE_FORMAT = "mixconv-train/1"
+STATE_SUFFIX = ".state.pt"
+
+
+def checkpoint_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
+    return out_dir / f"{name}.safetensors", out_dir / f"{name}{STATE_SUFFIX}"
+
+
+def save_weights(model: nn.Module, path: Path, extra: Mapping[str, Any]) -> Path:
+    """The self-describing eval checkpoint (safetensors, atomic)."""
+    return save_checkpoint(model, path, extra=extra)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_state(path: Path, state: Mapping[str, Any]) -> Path:
+    """Write the resume state atomically."""
+    payload = {"format": STATE_FORMAT, **state}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read a resume state with ``weights_only=True`` (no code runs)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training state file; expected the {STATE_SUFFIX} file written next to "
+                              "last.safetensors by `mixconv train`")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain containers "
+                              f"({str(e).splitlines()[0]})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable training state ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a mixconv training state (format {STATE_FORMAT} expected)")
+    return state
+
+
+def find_resume_state(target: str | Path) -> Path:
+    """``--resume DIR`` (its ``last.state.pt``) or a checkpoint file (its ``.state.pt`` sibling)."""
+    p = Path(target)
+    if p.is_dir():
+        return checkpoint_paths(p, "last")[1]
+    if p.name.endswith(STATE_SUFFIX):
+        return p
+    if p.suffix == ".safetensors":
+        return p.with_name(p.name[: -len(".safetensors")] + STATE_SUFFIX)
+    if not p.exists():
+        raise CheckpointError(f"--resume {target}: no such directory or checkpoint")
+    raise CheckpointError(f"--resume {target}: expected a run directory, last.safetensors or last{STATE_SUFFIX}")
+
+
+def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and the training metadata (classes, preprocessing, data, ...) of a mixconv checkpoint.
+
+    The metadata is empty for checkpoints without it (timm files, plain state dicts).
+    """
+    sd, header = read_checkpoint(path)
+    extra: dict[str, Any] = {}
+    if header.get("extra"):
+        try:
+            extra = json.loads(header["extra"])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path}: the checkpoint header's 'extra' field is not valid JSON") from None
+    if header.get("config"):
+        extra["config_yaml"] = header["config"]
+        extra.setdefault("model_name", header.get("model_name", ""))
+        extra.setdefault("num_classes", int(header.get("num_classes", "0") or 0))
+        extra.setdefault("in_chans", int(header.get("in_chans", "3") or 3))
+    return sd, extra
+
+
+def model_from_checkpoint(path: str | Path, num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a mixconv checkpoint describes and load its weights."""
+    import yaml
+
+    from ..config import spec_from_dict
+    from ..models import create_model
+    from ..weights import load_pretrained
+
+    sd, extra = read_training_checkpoint(path)
+    if "config_yaml" not in extra:
+        raise CheckpointError(f"{path}: not a self-describing mixconv checkpoint (no model config in it); pass "
+                              "--model NAME|YAML as well")
+    name = extra.get("model_name", "")
+    spec = spec_from_dict(yaml.safe_load(extra["config_yaml"]), str(path))
+    n = int(extra.get("num_classes", 0)) if num_classes is None else num_classes
+    model = create_model(spec, num_classes=n, in_chans=int(extra.get("in_chans", 3)))
+    model.model_name = name or getattr(model, "model_name", "custom")
+    load_pretrained(model, path)
+    return model, extra

@@ -21,6 +21,7 @@ from .models import (
     list_models,
 )
 from .weights import CheckpointError, load_pretrained, save_checkpoint
+from .mixify import mixify  # noqa: E402  (after the layers it uses)
 
 __version__ = "0.1.0"
 
@@ -29,4 +30,5 @@ __all__ = [
     "MixNetSpec", "ModelMeta", "SqueezeExcite", "UnknownModelError", "__version__", "create_act", "create_model",
     "get_model_def", "grouped_conv1x1", "list_models", "load_config", "load_pretrained", "save_checkpoint",
     "save_config", "split_channels",
+    "mixify",
 ]

@@ -60,6 +60,15 @@ def test_torchscript(name):
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["mixnet_s", "tf_mixnet_s"])
+def test_fx_symbolic_trace(name):
+    model = mixconv.create_model(name, num_classes=10).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_features_only_shapes_and_strides(name):
     features = mixconv.create_model(name, features_only=True).eval()

@@ -7,6 +7,9 @@ from torch import nn
 
 from .padding import check_padding_mode, is_static_same, pad_same, symmetric_padding
 
+# SAME padding depends on the input size: a leaf for torch.fx tracing instead of control flow on proxies.
+torch.fx.wrap("pad_same")
+
 
 class Conv2dSame(nn.Conv2d):
     """Conv2d with dynamic TF SAME padding (used only for even-offset cases such as stride 2)."""

@@ -16,15 +16,16 @@ from helpers import ALL_MODELS, randomize_bn, rel_err
 timm = pytest.importorskip("timm", reason="timm is the reference implementation (dev extra)")
 
 
-def make_timm(name: str, **kwargs) -> torch.nn.Module:
+def make_timm(name: str, size: int = 64, **kwargs) -> torch.nn.Module:
+    """A timm model with random weights and random BN statistics calibrated at the test's input size."""
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs)
-    return randomize_bn(model, torch.randn(4, kwargs.get("in_chans", 3), 96, 96))
+    return randomize_bn(model, torch.randn(2, kwargs.get("in_chans", 3), size, size))
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_timm_parity(name, tmp_path):
-    ref = make_timm(name)
+    ref = make_timm(name, size=224)
     path = tmp_path / f"{name}.pth"
     torch.save(ref.state_dict(), path)
     model = mixconv.create_model(name, pretrained=path).eval()

@@ -5,12 +5,14 @@ import argparse
 import sys
 from typing import Sequence
 
+from .commands import convert as convert_cmd
+from .commands import export as export_cmd
 from .commands import info as info_cmd
 from .config import ConfigError
 from .models.registry import UnknownModelError
 from .weights import CheckpointError
 
-COMMANDS = (info_cmd,)
+COMMANDS = (info_cmd, export_cmd, convert_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -197,7 +197,8 @@ def export_onnx(
     shape = export_input_shape(model, img_size, batch_size)
     net = prepare_for_export(model, shape)
     example = torch.zeros(shape)
-    n_out = len(_outputs(net(example)))
+    with torch.no_grad():
+        n_out = len(_outputs(net(example)))
     names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
 
     def write(tmp: str) -> None:

@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("mixconv export: error: give --model and/or --checkpoint", file=sys.stderr)
         return 2
+    img_size = args.img_size
+    if img_size is None and getattr(model, "meta", None) is not None:
+        img_size = tuple(model.meta.input_size[1:])  # taken before --optimize, which may drop the metadata
     if args.optimize:
         optimize = getattr(mixconv, "optimize_for_inference", None)
         if optimize is None:
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         model = optimize(model.eval())
-    opts = dict(img_size=args.img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, tol=args.tol)
+    opts = dict(img_size=img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, tol=args.tol)
     if args.format == "onnx":
         opts.update(opset=args.opset, exporter=args.exporter)
     name = getattr(model, "model_name", "") or args.model

@@ -5,7 +5,8 @@ import torch
 
 import mixconv
 
-ALL_MODELS = mixconv.list_models()
+# The MixNet variants (the registry also holds non-MixNet models such as the MixConv-MobileNets).
+ALL_MODELS = mixconv.list_models("*mixnet*")
 
 
 def randomize_bn(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> torch.nn.Module:

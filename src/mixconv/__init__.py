@@ -21,6 +21,10 @@ from .models import (
     list_models,
 )
 from .weights import CheckpointError, load_pretrained, save_checkpoint
+from .mixify import mixify  # noqa: E402  (after the layers it uses)
+from .export import ExportCheck, ExportError, export_onnx, export_program, export_torchscript  # noqa: E402
+from .convert import convert_checkpoint, model_from_checkpoint  # noqa: E402
+from .detection import detection_backbone  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -50,4 +54,6 @@ __all__ = [
     "MixNetSpec", "ModelMeta", "SqueezeExcite", "UnknownModelError", "__version__", "create_act", "create_model",
     "get_model_def", "grouped_conv1x1", "list_models", "load_config", "load_pretrained", "save_checkpoint",
     "save_config", "split_channels",
+    "ExportCheck", "ExportError", "convert_checkpoint", "detection_backbone", "export_onnx", "export_program",
+    "export_torchscript", "mixify", "model_from_checkpoint",
 ]

@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from .commands import convert as convert_cmd
+from .commands import export as export_cmd
 from .commands import info as info_cmd
 from .commands import predict as predict_cmd
 from .commands import train as train_cmd
@@ -13,7 +15,7 @@ from .config import ConfigError
 from .models.registry import UnknownModelError
 from .weights import CheckpointError
 
-COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd)
+COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,8 @@ def model_summary(name_or_yaml: str | Path, *, with_layout: bool = False) -> dic
     """A JSON-ready summary of one model."""
     name, spec, meta = resolve_model_name(name_or_yaml)
     model = create_model(name_or_yaml)
+    if spec is None:  # a registered non-MixNet model (e.g. a MixConv-MobileNet): no MixNet layout
+        return _builder_summary(name, model, meta)
     net = resolve(spec)
     summary: dict[str, Any] = {
         "name": name,
@@ -70,6 +72,16 @@ def model_summary(name_or_yaml: str | Path, *, with_layout: bool = False) -> dic
     return summary
 
 
+def _builder_summary(name: str, model: torch.nn.Module, meta: Any) -> dict[str, Any]:
+    return {
+        "name": name, "params": count_params(model), "macs": count_macs(model, meta.input_size),
+        "paper_macs": meta.paper_macs, "input_size": list(meta.input_size), "crop_pct": meta.crop_pct,
+        "interpolation": meta.interpolation, "feature_channels": [], "feature_reductions": [],
+        "num_features": getattr(model, "num_features", None), "top1": meta.top1, "top5": meta.top5,
+        "stages": [],
+    }
+
+
 def _fmt_m(v: int | None) -> str:
     return "-" if v is None else f"{v / 1e6:.2f}M"
 
@@ -80,7 +92,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     body = [
         [
             r["name"], f"{r['params']:,}", _fmt_m(r["macs"]), _fmt_m(r["paper_macs"]),
-            "/".join(str(c) for c in r["feature_channels"]),
+            "/".join(str(c) for c in r["feature_channels"]) or "-",
             "-" if r["top1"] is None else f"{r['top1']:.2f}", "-" if r["top5"] is None else f"{r['top5']:.2f}",
         ]
         for r in rows

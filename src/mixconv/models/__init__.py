@@ -1,4 +1,5 @@
 """The MixNet family: typed specs, the builder, the network, the registry and the factory."""
+from . import mobilenet as _mobilenet  # noqa: F401  (registers the MixConv-MobileNets)
 from . import variants as _variants  # noqa: F401  (registers the models)
 from .builder import ResolvedBlock, ResolvedNet, make_divisible, resolve, round_channels
 from .factory import create_model

@@ -11,8 +11,11 @@ from .registry import get_model_def
 from .specs import MixNetSpec, ModelMeta
 
 
-def resolve_model_name(name_or_yaml: str | Path | MixNetSpec) -> tuple[str, MixNetSpec, ModelMeta]:
-    """Return ``(name, spec, meta)`` for a registered name, a YAML path or a spec."""
+def resolve_model_name(name_or_yaml: str | Path | MixNetSpec) -> tuple[str, MixNetSpec | None, ModelMeta]:
+    """Return ``(name, spec, meta)`` for a registered name, a YAML path or a spec.
+
+    ``spec`` is ``None`` for a registered model built by a builder function (not a MixNet).
+    """
     from ..config import is_config_path, load_config
 
     if isinstance(name_or_yaml, MixNetSpec):
@@ -49,6 +52,9 @@ def create_model(
         out_indices: which feature stages ``features_only`` returns (default: all).
     """
     name, spec, meta = resolve_model_name(name_or_yaml)
+    if spec is None:
+        return _create_from_builder(name, num_classes, pretrained, in_chans, drop_rate, drop_path_rate,
+                                    features_only, out_indices)
     dpr = 0.0 if drop_path_rate is None else float(drop_path_rate)
     if features_only:
         model: nn.Module = MixNetFeatures(spec, out_indices, in_chans=in_chans, drop_path_rate=dpr, meta=meta)
@@ -56,6 +62,31 @@ def create_model(
         if out_indices is not None:
             raise ValueError("out_indices is only used with features_only=True")
         model = MixNet(spec, num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=dpr, meta=meta)
+    model.model_name = name
+    if pretrained is not None:
+        from ..weights import load_pretrained
+
+        load_pretrained(model, pretrained)
+    return model
+
+
+def _create_from_builder(
+    name: str,
+    num_classes: int,
+    pretrained: str | Path | None,
+    in_chans: int,
+    drop_rate: float | None,
+    drop_path_rate: float | None,
+    features_only: bool,
+    out_indices: Sequence[int] | None,
+) -> nn.Module:
+    """A registered non-MixNet model (``ModelDef.builder``); MixNet-only options are refused clearly."""
+    for option, value in (("drop_path_rate", drop_path_rate), ("out_indices", out_indices)):
+        if value is not None:
+            raise ValueError(f"{option} is not supported by {name!r} (only by MixNet models)")
+    if features_only:
+        raise ValueError(f"features_only is not supported by {name!r} (only by MixNet models)")
+    model = get_model_def(name).builder(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
     model.model_name = name
     if pretrained is not None:
         from ..weights import load_pretrained

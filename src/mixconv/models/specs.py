@@ -8,7 +8,7 @@ built only from that resolved form.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from ..layers.activations import canonical_act_name
 from ..layers.mixed_conv import SPLIT_MODES, check_kernel_sizes
@@ -139,8 +139,18 @@ class ModelMeta:
 
 @dataclass(frozen=True)
 class ModelDef:
-    """A registered model: its name, architecture and metadata."""
+    """A registered model: its name, architecture and metadata.
+
+    A MixNet is described by ``spec``; any other network (e.g. the MixConv-MobileNets) by ``builder``, a
+    function ``builder(num_classes=..., in_chans=..., drop_rate=...)`` returning the module, with
+    ``spec=None``. Exactly one of the two is given.
+    """
 
     name: str
-    spec: MixNetSpec
+    spec: Optional[MixNetSpec]
     meta: ModelMeta = field(default_factory=ModelMeta)
+    builder: Optional[Callable[..., Any]] = None
+
+    def __post_init__(self) -> None:
+        if (self.spec is None) == (self.builder is None):
+            raise ValueError(f"model {self.name!r}: give exactly one of spec (a MixNetSpec) or builder (a function)")

@@ -1,0 +1,161 @@
+"""MixConv-MobileNets: MobileNetV1 and V2 with every depthwise conv replaced by a MixConv.
+
+This is the setting of the MixConv paper's section 2 (Tan & Le 2019, Figure 4): MobileNetV1/V2 whose
+3x3 depthwise convolutions become MixConvs with kernel sizes 3x3, 5x5, 7x7 and 9x9 on equal channel groups.
+The layouts are torchvision's (``mobilenet_v2``) and the MobileNetV1 paper's, so
+``mixify(torchvision.models.mobilenet_v2(), (3, 5, 7, 9))`` has exactly the parameters of
+``mobilenet_v2_mixconv``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..layers import ConvNormAct, MixConv2d
+from .builder import make_divisible
+from .registry import register
+from .specs import ModelDef, ModelMeta
+
+PAPER_KERNELS = (3, 5, 7, 9)
+
+# MobileNetV1: (output channels, stride) of the 13 depthwise-separable blocks.
+V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512, 1),) * 5 + ((1024, 2), (1024, 1))
+# MobileNetV2 (torchvision): expansion t, channels c, repeats n, stride s.
+V2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+              (6, 320, 1, 1))
+
+
+def _conv(cin: int, cout: int, k: int = 1, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+
+
+def _init(module: nn.Module) -> None:
+    """torchvision's MobileNet initialisation."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+class _Classifier(nn.Module):
+    """Shared classifier contract (as :class:`mixconv.MixNet`): features, pooled head, resettable classifier."""
+
+    num_features: int
+    features: nn.Module
+
+    def _make_head(self, num_classes: int, drop_rate: float) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.drop_rate = float(drop_rate)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(self.drop_rate)
+        self.classifier: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one for ``num_classes`` (0 removes it)."""
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        _init(self.classifier)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.global_pool(x).flatten(1))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class MixConvMobileNetV1(_Classifier):
+    """MobileNetV1 (Howard et al. 2017) whose depthwise convs are MixConvs with ``kernel_sizes``."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
+                 kernel_sizes: Sequence[int] = PAPER_KERNELS, width_mult: float = 1.0, split: str = "equal") -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.meta = ModelMeta(source=_SOURCE)
+        c = make_divisible(32 * width_mult)
+        self.stem = ConvNormAct(_conv(in_chans, c, 3, 2), "relu")
+        blocks = []
+        for out, stride in V1_BLOCKS:
+            out = make_divisible(out * width_mult)
+            blocks.append(nn.Sequential(
+                ConvNormAct(MixConv2d(c, kernel_sizes, stride, split=split), "relu"),
+                ConvNormAct(_conv(c, out), "relu"),
+            ))
+            c = out
+        self.features = nn.Sequential(*blocks)
+        self.num_features = c
+        self._make_head(num_classes, drop_rate)
+        _init(self)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand (ReLU6), MixConv (ReLU6), linear 1x1 project, residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int, kernel_sizes: Sequence[int], split: str):
+        super().__init__()
+        mid = cin * expansion
+        self.has_skip = stride == 1 and cin == cout
+        self.expand = ConvNormAct(_conv(cin, mid), "relu6") if expansion != 1 else nn.Identity()
+        self.dw = ConvNormAct(MixConv2d(mid, kernel_sizes, stride, split=split), "relu6")
+        self.project = ConvNormAct(_conv(mid, cout), None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.dw(self.expand(x)))
+        return x + y if self.has_skip else y
+
+
+class MixConvMobileNetV2(_Classifier):
+    """MobileNetV2 (Sandler et al. 2018, torchvision's layout) whose depthwise convs are MixConvs."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2,
+                 kernel_sizes: Sequence[int] = PAPER_KERNELS, width_mult: float = 1.0, split: str = "equal") -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.meta = ModelMeta(source=_SOURCE)
+        c = make_divisible(32 * width_mult)
+        self.stem = ConvNormAct(_conv(in_chans, c, 3, 2), "relu6")
+        blocks: list[nn.Module] = []
+        for t, out, n, s in V2_SETTING:
+            out = make_divisible(out * width_mult)
+            for i in range(n):
+                blocks.append(InvertedResidual(c, out, s if i == 0 else 1, t, kernel_sizes, split))
+                c = out
+        self.num_features = make_divisible(1280 * max(1.0, width_mult))
+        blocks.append(ConvNormAct(_conv(c, self.num_features), "relu6"))
+        self.features = nn.Sequential(*blocks)
+        self._make_head(num_classes, drop_rate)
+        _init(self)
+
+
+_SOURCE = "Tan & Le 2019, MixConv, section 2 (MixConv-MobileNet, kernels 3/5/7/9)"
+
+
+def mobilenet_v1_mixconv(num_classes: int = 1000, in_chans: int = 3, drop_rate: float | None = None) -> nn.Module:
+    """MixConv-MobileNetV1 of the paper's section 2 (kernels 3/5/7/9, equal split)."""
+    return MixConvMobileNetV1(num_classes, in_chans, 0.0 if drop_rate is None else drop_rate)
+
+
+def mobilenet_v2_mixconv(num_classes: int = 1000, in_chans: int = 3, drop_rate: float | None = None) -> nn.Module:
+    """MixConv-MobileNetV2 of the paper's section 2 (kernels 3/5/7/9, equal split)."""
+    return MixConvMobileNetV2(num_classes, in_chans, 0.2 if drop_rate is None else drop_rate)
+
+
+register(ModelDef("mobilenet_v1_mixconv", None, ModelMeta(source=_SOURCE), builder=mobilenet_v1_mixconv))
+register(ModelDef("mobilenet_v2_mixconv", None, ModelMeta(source=_SOURCE), builder=mobilenet_v2_mixconv))

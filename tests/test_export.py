@@ -1,0 +1,106 @@
+"""Export to ONNX, TorchScript and ExportedProgram, each verified against PyTorch after writing."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mixconv
+from mixconv.cli import main
+from mixconv.export import ExportError, export_model, onnx_op_counts
+
+from helpers import ALL_MODELS, randomize_bn
+
+onnx = pytest.importorskip("onnx", reason="export extra")
+pytest.importorskip("onnxruntime", reason="export extra")
+
+SIZE = 64
+
+
+def _model(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    model = mixconv.create_model(name, **kwargs)
+    return randomize_bn(model, torch.randn(4, 3, SIZE, SIZE))  # BN statistics that are not identities
+
+
+def _assert_check(check, fmt, name):
+    print(f"{name}: {check}")
+    assert check.format == fmt and check.passed and check.rel_err <= 1e-4
+    assert check.input_shape == (3, 3, SIZE, SIZE) and check.export_batch == 2  # verified at another batch
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_onnx_every_variant(name, tmp_path):
+    # The legacy exporter is about twice as fast; the default (dynamo) one is tested below.
+    check = mixconv.export_onnx(_model(name), tmp_path / "m.onnx", img_size=SIZE, exporter="torchscript")
+    _assert_check(check, "onnx", name)
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]] == [3, SIZE, SIZE]
+
+
+@pytest.mark.parametrize("name", ["tf_mixnet_s"])
+def test_onnx_dynamo_exporter_static_graph(name, tmp_path):
+    check = mixconv.export_onnx(_model(name), tmp_path / "m.onnx", img_size=SIZE)
+    _assert_check(check, "onnx", name)
+    counts = onnx_op_counts(tmp_path / "m.onnx")
+    print(f"{name} ONNX nodes: {counts}")
+    # TF SAME padding is frozen at the export size: nothing computes pads from shapes.
+    assert not {"Shape", "Gather", "ConstantOfShape", "Pad"} & set(counts)
+    assert counts["Conv"] > 0
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_torchscript_every_variant(name, tmp_path):
+    check = mixconv.export_torchscript(_model(name), tmp_path / "m.ts", img_size=SIZE)
+    _assert_check(check, "torchscript", name)
+
+
+@pytest.mark.parametrize("name", ["tf_mixnet_s", "mobilenet_v2_mixconv"])  # test_models exports every MixNet
+def test_exported_program(name, tmp_path):
+    check = mixconv.export_program(_model(name), tmp_path / "m.pt2", img_size=SIZE)
+    _assert_check(check, "exported-program", name)
+
+
+def test_features_only_and_fixed_batch(tmp_path):
+    model = _model("tf_mixnet_s", features_only=True, out_indices=(2, 3, 4))
+    check = mixconv.export_onnx(model, tmp_path / "f.onnx", img_size=(SIZE, 48), dynamic_batch=False,
+                                exporter="torchscript")
+    assert check.passed and check.input_shape == (2, 3, SIZE, 48)  # a fixed batch is checked at that batch
+    graph = onnx.load(str(tmp_path / "f.onnx")).graph
+    assert len(graph.output) == 3 and graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+
+
+class _BatchBaked(nn.Module):
+    """Multiplies by the batch size: a trace bakes it in, so the export does not generalise."""
+
+    in_chans = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * float(x.shape[0])
+
+
+def test_verification_catches_a_wrong_export(tmp_path):
+    with pytest.raises(ExportError, match="verification failed"):
+        export_model(_BatchBaked(), tmp_path / "bad.ts", "torchscript", img_size=8)
+
+
+def test_cli_export_random_and_checkpoint(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "tf_mixnet_s", "--format", "onnx", "--exporter", "torchscript",
+                 "--output", str(out), "--img-size", str(SIZE)]) == 0
+    cap = capsys.readouterr()
+    assert "random weights" in cap.err and "check onnx: onnxruntime" in cap.out and "OK" in cap.out
+    assert "onnx nodes" in cap.out and out.is_file()
+    # A mixconv checkpoint describes its model: no --model needed, and the export computes its function.
+    model = _model("mixnet_s", num_classes=7)
+    ckpt = mixconv.save_checkpoint(model, tmp_path / "w.safetensors")
+    ts = tmp_path / "m.ts"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--output", str(ts),
+                 "--img-size", str(SIZE), "--no-dynamic-batch"]) == 0
+    cap = capsys.readouterr()
+    assert "random weights" not in cap.err and "check torchscript" in cap.out
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(ts))(x), model.eval()(x), atol=1e-5)
+    assert main(["export", "--format", "onnx", "--output", str(out)]) == 2

@@ -20,6 +20,7 @@ from .models import (
     get_model_def,
     list_models,
 )
+from .optimize import optimize_for_inference
 from .weights import CheckpointError, load_pretrained, save_checkpoint
 
 __version__ = "0.1.0"
@@ -27,6 +28,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockRow", "CheckpointError", "ConfigError", "ConvNormAct", "DropPath", "MixConv2d", "MixNet", "MixNetFeatures",
     "MixNetSpec", "ModelMeta", "SqueezeExcite", "UnknownModelError", "__version__", "create_act", "create_model",
-    "get_model_def", "grouped_conv1x1", "list_models", "load_config", "load_pretrained", "save_checkpoint",
+    "get_model_def", "grouped_conv1x1", "list_models", "load_config", "load_pretrained", "optimize_for_inference", "save_checkpoint",
     "save_config", "split_channels",
 ]

@@ -5,12 +5,13 @@ import argparse
 import sys
 from typing import Sequence
 
+from .commands import benchmark as benchmark_cmd
 from .commands import info as info_cmd
 from .config import ConfigError
 from .models.registry import UnknownModelError
 from .weights import CheckpointError
 
-COMMANDS = (info_cmd,)
+COMMANDS = (info_cmd, benchmark_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from .models import (
     get_model_def,
     list_models,
 )
+from .optimize import optimize_for_inference
 from .weights import CheckpointError, load_pretrained, save_checkpoint
 from .mixify import mixify  # noqa: E402  (after the layers it uses)
 from .export import ExportCheck, ExportError, export_onnx, export_program, export_torchscript  # noqa: E402
@@ -52,7 +53,7 @@ def predict(images, checkpoint, **options):
 __all__ = [
     "BlockRow", "CheckpointError", "evaluate", "predict", "train", "ConfigError", "ConvNormAct", "DropPath", "MixConv2d", "MixNet", "MixNetFeatures",
     "MixNetSpec", "ModelMeta", "SqueezeExcite", "UnknownModelError", "__version__", "create_act", "create_model",
-    "get_model_def", "grouped_conv1x1", "list_models", "load_config", "load_pretrained", "save_checkpoint",
+    "get_model_def", "grouped_conv1x1", "list_models", "load_config", "load_pretrained", "optimize_for_inference", "save_checkpoint",
     "save_config", "split_channels",
     "ExportCheck", "ExportError", "convert_checkpoint", "detection_backbone", "export_onnx", "export_program",
     "export_torchscript", "mixify", "model_from_checkpoint",

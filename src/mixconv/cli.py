@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from .commands import benchmark as benchmark_cmd
 from .commands import convert as convert_cmd
 from .commands import export as export_cmd
 from .commands import info as info_cmd
@@ -15,7 +16,7 @@ from .config import ConfigError
 from .models.registry import UnknownModelError
 from .weights import CheckpointError
 
-COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd)
+COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd, benchmark_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,12 +4,33 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .conv2d_same import create_conv2d
-from .padding import check_padding_mode
+from .padding import check_padding_mode, is_static_same, pad_same, symmetric_padding
 
 SPLIT_MODES = ("equal", "exponential")
+IMPLS = ("split", "merged")
+
+# How a multi-kernel MixConv runs in training mode by default, by (kernel sizes, stride, channels); fixed in
+# code so that a run never depends on a timing. "split": one depthwise conv per channel group, then a concat (the
+# reference computation). "merged": one depthwise conv whose kernel is the groups' kernels zero-padded to the
+# largest size, rebuilt from the per-group parameters at every call (parameters, state dict and gradients stay
+# per group). Shapes not listed use "merged".
+# Why: measured on this project's 2-core Xeon (Sapphire Rapids, avx512, shared), torch 2.14, fp32, channels_last,
+# batch 32 at 224, forward + backward of each MixNet-S/M/L layer shape, interleaved, 7 rounds
+# (benchmarks/mixconv_impls.py). oneDNN runs depthwise forward and input-gradient convs at any kernel size with
+# fast jit kernels and NHWC input, but a channel slice of an NHWC tensor is strided, so every split group pays a
+# copy in and out and falls off the NHWC path; merging removes that and won 1.5-3x on the large-map layers
+# (e.g. (3,5)x240 at 28x28: 232 vs 424 ms; (3,5,7,9)x624 at 14x14: 258 vs 517 ms). The weight gradient of a
+# kernel larger than 3x3 has no depthwise jit kernel in oneDNN and costs in proportion to the kernel area, so
+# on the small 14x14/7x7 maps of the widest (3..9/11) layers, where the copies are cheap, padding every
+# channel to 9x9/11x11 did not pay: split measured equal or faster there (entries below).
+DEFAULT_IMPL: dict[tuple[tuple[int, ...], int, int], str] = {
+    ((3, 5, 7, 9, 11), 2, 720): "split",  # mixnet_s stage 4 first block: 253 vs 255 ms (median), 114 vs 244 (min)
+    ((3, 5, 7, 9), 1, 1200): "split",  # mixnet_s/m stage 5 at 7x7: 205 vs 240 ms
+}
 
 
 def split_channels(channels: int, num_groups: int, split: str = "equal") -> tuple[int, ...]:
@@ -70,6 +91,10 @@ class MixConv2d(nn.Module):
         split: ``"equal"`` or ``"exponential"`` channel partition.
         padding: ``"symmetric"`` (PyTorch) or ``"same"`` (TensorFlow SAME, asymmetric at stride 2).
         bias: add a learnable bias per channel.
+        impl: how training-mode forward runs: ``"split"`` (one conv per group, then concatenate) or ``"merged"``
+            (one depthwise conv with the kernels zero-padded to the largest size, built from the per-group
+            weights); both compute the same function with the same parameters. ``None`` picks from the static
+            table ``DEFAULT_IMPL``. Eval mode always runs ``"split"``, the reference computation.
     """
 
     def __init__(
@@ -81,6 +106,7 @@ class MixConv2d(nn.Module):
         split: str = "equal",
         padding: str = "symmetric",
         bias: bool = False,
+        impl: str | None = None,
     ) -> None:
         super().__init__()
         ks = check_kernel_sizes(kernel_sizes)
@@ -96,20 +122,65 @@ class MixConv2d(nn.Module):
         self.dilation = dilation
         self.split = split
         self.padding = padding
+        if impl is None:
+            impl = DEFAULT_IMPL.get((ks, stride, channels), "merged")
+        if impl not in IMPLS:
+            raise ValueError(f"unknown MixConv impl {impl!r}; expected one of {', '.join(IMPLS)}")
+        self.impl = impl
+        self.max_kernel = max(ks)
+        self.has_bias = bias
+        # The merged conv pads like the largest group: TF SAME is dynamic only at stride > 1.
+        self.merged_dynamic_pad = padding == "same" and not is_static_same(self.max_kernel, stride, dilation)
+        self.merged_padding = 0 if self.merged_dynamic_pad else symmetric_padding(self.max_kernel, dilation)
         self.convs = nn.ModuleList(
             create_conv2d(c, c, k, stride=stride, dilation=dilation, groups=c, bias=bias, padding=padding)
             for c, k in zip(self.split_sizes, ks)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.split_sizes) == 1:
-            return self.convs[0](x)
+    def merged_weight(self) -> torch.Tensor:
+        """The ``(C, 1, k, k)`` kernel of one depthwise conv equal to this MixConv, ``k`` the largest kernel size:
+        each group's kernel zero-padded around its centre (differentiable in the per-group weights)."""
+        ws: list[torch.Tensor] = []
+        for conv in self.convs:
+            p = (self.max_kernel - conv.weight.shape[-1]) // 2
+            ws.append(F.pad(conv.weight, [p, p, p, p]) if p > 0 else conv.weight)
+        return torch.cat(ws, 0)
+
+    def merged_bias(self) -> torch.Tensor | None:
+        """The concatenated per-group biases (``None`` without bias)."""
+        bs: list[torch.Tensor] = []
+        for conv in self.convs:
+            b = conv.bias
+            if b is not None:
+                bs.append(b)
+        return torch.cat(bs, 0) if len(bs) > 0 else None
+
+    def forward_merged(self, x: torch.Tensor) -> torch.Tensor:
+        """One depthwise conv with the zero-padded kernel (zero taps read padding or neighbours, adding 0)."""
+        if self.merged_dynamic_pad:
+            x = pad_same(x, self.max_kernel, self.stride, self.dilation)
+        return F.conv2d(
+            x, self.merged_weight(), self.merged_bias(), self.stride, self.merged_padding, self.dilation,
+            self.in_channels,
+        )
+
+    def forward_split(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference computation: split the channels, one depthwise conv per group, concatenate."""
         xs = torch.split(x, self.split_sizes, dim=1)
         out = [conv(xs[i]) for i, conv in enumerate(self.convs)]
         return torch.cat(out, dim=1)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.split_sizes) == 1:
+            return self.convs[0](x)
+        # Eval mode runs the reference computation: FLOP counters then see the logical MACs (not the zero taps),
+        # and fast inference is mixconv.optimize_for_inference's job (BN folded, merged, eval only).
+        if self.impl == "merged" and self.training:
+            return self.forward_merged(x)
+        return self.forward_split(x)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, kernel_sizes={self.kernel_sizes}, split_sizes={self.split_sizes}, "
-            f"stride={self.stride}, dilation={self.dilation}, padding={self.padding!r}"
+            f"stride={self.stride}, dilation={self.dilation}, padding={self.padding!r}, impl={self.impl!r}"
         )

@@ -41,6 +41,13 @@ class MixNetBlock(nn.Module):
         return x
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """The trunk runs in NHWC whatever the caller passes: oneDNN's depthwise and 1x1 convs (forward and both
+    gradients) and BatchNorm run natively in NHWC, where an NCHW tensor would be reordered in and out of every
+    conv; converting the input once is a single copy of the image batch, and the values are unchanged."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def _build_trunk(net: ResolvedNet, in_chans: int, num_stages: int) -> tuple[ConvNormAct, nn.Sequential]:
     stem_conv = create_conv2d(in_chans, net.stem_channels, 3, stride=2, padding=net.padding)
     stem = ConvNormAct(stem_conv, net.stem_act, net.bn_eps)
@@ -91,6 +98,7 @@ class MixNet(nn.Module):
         self.spec = spec
         self.meta = meta or ModelMeta()
         self.in_chans = in_chans
+        self.channels_last = True  # run the trunk in NHWC (see _channels_last); False gives the plain NCHW model
         self.drop_rate = float(spec.drop_rate if drop_rate is None else drop_rate)
         net = resolve(spec, drop_path_rate)
         self.stem, self.stages = _build_trunk(net, in_chans, len(net.stages))
@@ -115,6 +123,8 @@ class MixNet(nn.Module):
         return self.classifier
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = _channels_last(x)
         return self.head(self.stages(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -150,6 +160,7 @@ class MixNetFeatures(nn.Module):
         self.spec = spec
         self.meta = meta or ModelMeta()
         self.in_chans = in_chans
+        self.channels_last = True  # as MixNet.channels_last
         self.stem, self.stages = _build_trunk(net, in_chans, max(self.out_indices) + 1)
         all_info = net.feature_info()
         self.feature_info = [all_info[i] for i in self.out_indices]
@@ -162,6 +173,8 @@ class MixNetFeatures(nn.Module):
         return [f["reduction"] for f in self.feature_info]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.channels_last:
+            x = _channels_last(x)
         x = self.stem(x)
         out: list[torch.Tensor] = []
         for i, stage in enumerate(self.stages):

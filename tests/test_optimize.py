@@ -1,0 +1,178 @@
+"""optimize_for_inference: same outputs, same state dict, eval-only, timm parity, torch.compile without breaks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mixconv
+from mixconv import BlockRow, MixNetSpec
+from mixconv.layers import ConvNormAct, MixConv2d, SqueezeExcite
+from mixconv.optimize import FusedConvNormAct
+
+from helpers import ALL_MODELS, randomize_bn, rel_err
+
+
+def _calibrate(model, x, seed=0):
+    """Random BN affine parameters and running statistics equal to the batch statistics of ``x`` (a
+    well-conditioned, trained-like network), in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = 1.0
+        # Scales below 1 keep the residual stream and logits at a trained network's magnitude.
+        bn.weight.data.copy_(torch.rand(bn.num_features, generator=g) * 0.5 + 0.25)
+        bn.bias.data.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+def _model(name, size=32, **kwargs):
+    torch.manual_seed(0)
+    model = mixconv.create_model(name, num_classes=10, **kwargs)
+    return _calibrate(model, torch.randn(4, 3, size, size))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_optimized_equals_original(name):
+    # As the timm parity test: full-size input, random BN statistics calibrated on it (a trained-like network).
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 224, 224)
+    model = randomize_bn(mixconv.create_model(name), x)
+    opt = mixconv.optimize_for_inference(model)
+    with torch.no_grad():
+        err = rel_err(opt(x), model(x))
+    print(f"{name}: optimized vs original {err:.1e}")
+    assert err <= 1e-4
+    # No split/concat left: every conv-BN is one fused conv, every MixConv one merged depthwise conv.
+    assert not any(isinstance(m, (ConvNormAct, SqueezeExcite)) for m in opt.modules())
+    fused = [m for m in opt.modules() if isinstance(m, FusedConvNormAct)]
+    assert all(m.weight.shape[0] == m.groups for m in fused if isinstance(m.conv, MixConv2d))
+
+
+@pytest.mark.parametrize("name", ["mixnet_s", "tf_mixnet_s"])
+def test_optimization_is_exact_in_float64(name):
+    torch.manual_seed(0)
+    model = randomize_bn(mixconv.create_model(name, num_classes=10), torch.randn(2, 3, 32, 32)).double()
+    x = torch.randn(1, 3, 35, 33, dtype=torch.float64)  # odd sizes: TF SAME padding is input-dependent
+    opt = mixconv.optimize_for_inference(model)
+    with torch.no_grad():
+        assert rel_err(opt(x), model(x)) <= 1e-10
+
+
+def test_state_dict_params_and_original_untouched():
+    model = _model("mixnet_s").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = mixconv.optimize_for_inference(model, dtype=torch.bfloat16)
+    assert model.training and any(isinstance(m, ConvNormAct) for m in model.modules())
+    sd, sd_opt = model.state_dict(), opt.state_dict()
+    assert list(sd) == list(sd_opt)
+    assert all(torch.equal(sd_opt[k], before[k]) and sd_opt[k].dtype == before[k].dtype for k in sd)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == sum(p.numel() for p in opt.parameters()) == 4_134_606 - 1536 * 990 - 990
+    # The optimized weights load back into a fresh model unchanged.
+    fresh = mixconv.create_model("mixnet_s", num_classes=10)
+    fresh.load_state_dict(sd_opt)
+
+
+def test_eval_only():
+    opt = mixconv.optimize_for_inference(_model("mixnet_s"))
+    assert not opt.training
+    with pytest.raises(RuntimeError, match="optimized for inference"):
+        opt.train()
+    opt.eval()  # allowed
+
+
+def test_wrong_model_and_dtype():
+    with pytest.raises(TypeError, match="MixNet"):
+        mixconv.optimize_for_inference(torch.nn.Conv2d(3, 3, 1))
+    with pytest.raises(ValueError, match="floating-point"):
+        mixconv.optimize_for_inference(_model("mixnet_s"), dtype=torch.int8)
+
+
+def test_example_input_checks_and_catches_a_wrong_fold(monkeypatch):
+    model = _model("mixnet_s")
+    x = torch.randn(1, 3, 32, 32)
+    mixconv.optimize_for_inference(model, example_input=x)
+    real = mixconv.optimize.FusedConvNormAct.__init__
+
+    def broken(self, cna, dtype, cast_input=False):
+        real(self, cna, dtype, cast_input)
+        self.bias.add_(0.5)
+
+    monkeypatch.setattr(mixconv.optimize.FusedConvNormAct, "__init__", broken)
+    with pytest.raises(RuntimeError, match="differs"):
+        mixconv.optimize_for_inference(model, example_input=x)
+
+
+def test_bfloat16_takes_float32_input():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 128, 128)
+    model = randomize_bn(mixconv.create_model("mixnet_s", num_classes=10), x)
+    opt = mixconv.optimize_for_inference(model, dtype=torch.bfloat16)
+    assert all(b.dtype == torch.bfloat16 for n, b in opt.named_buffers() if n.endswith(("weight", "bias")) and
+               not n.endswith(("bn.weight", "bn.bias")))
+    with torch.no_grad():
+        out, ref = opt(x), model(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    print(f"bf16 vs fp32 {rel_err(out, ref):.2e}")
+    assert rel_err(out, ref) < 0.1  # bf16 has 8 bits of mantissa
+
+
+def test_features_only_optimized():
+    torch.manual_seed(0)
+    feats = mixconv.create_model("tf_mixnet_s", features_only=True, out_indices=(1, 3, 4))
+    _calibrate(feats, torch.randn(2, 3, 48, 48))
+    x = torch.randn(1, 3, 49, 47)  # odd sizes: TF SAME padding is input-dependent
+    opt = mixconv.optimize_for_inference(feats)
+    with torch.no_grad():
+        for a, b in zip(opt(x), feats(x)):
+            assert a.shape == b.shape and rel_err(a, b) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["mixnet_s", "tf_mixnet_s"])
+def test_timm_weights_give_timm_outputs_after_optimization(name, tmp_path):
+    timm = pytest.importorskip("timm", reason="timm is the reference implementation (dev extra)")
+    torch.manual_seed(0)
+    ref = _calibrate(timm.create_model(name), torch.randn(4, 3, 64, 64))
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    model = mixconv.create_model(name, pretrained=tmp_path / "w.pth")
+    opt = mixconv.optimize_for_inference(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(opt(x), ref(x)) <= 1e-4
+
+
+def test_no_graph_breaks_and_compiled_equals_eager():
+    import torch._dynamo
+
+    model = _model("mixnet_s", size=32)
+    x = torch.randn(2, 3, 32, 32)
+    opt = mixconv.optimize_for_inference(model)
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(opt)(x)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    train_model = mixconv.create_model("mixnet_s", num_classes=10).train()
+    explain = torch._dynamo.explain(train_model)(x)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    # Compiled (inductor) equals eager on an optimized small MixNet (kept small: compiling takes a while on
+    # 2 cores) with merged and split MixConvs, SE and TF SAME padding.
+    row = lambda ks, c, s, **kw: BlockRow(kernel_sizes=ks, out_channels=c, stride=s, **kw)  # noqa: E731
+    spec = MixNetSpec(stem_channels=8, num_features=64, padding="same", stages=(
+        (row((3,), 8, 1),), (row((3, 5, 7), 16, 2, expansion=3, se_reduction=2, act="swish"),),
+        (row((3, 5), 16, 1, expansion=2, exp_groups=2, poi_groups=2),),
+    ))
+    small = mixconv.MixNet(spec, num_classes=5)
+    mixconvs = [m for m in small.modules() if isinstance(m, MixConv2d) and len(m.kernel_sizes) > 1]
+    mixconvs[-1].impl = "split"
+    assert {m.impl for m in mixconvs} == {"split", "merged"}
+    small = randomize_bn(small, torch.randn(2, 3, 32, 32))
+    x = torch.randn(2, 3, 33, 31)
+    torch._dynamo.reset()
+    for m in (small, mixconv.optimize_for_inference(small)):
+        compiled = torch.compile(m)
+        with torch.no_grad():
+            assert rel_err(compiled(x), m(x)) <= 1e-4

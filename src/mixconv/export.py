@@ -113,7 +113,12 @@ def export_input_shape(model: nn.Module, img_size: int | Sequence[int] | None, b
 
 def prepare_for_export(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     """An eval-mode copy of ``model`` with TF SAME padding frozen at ``input_shape`` (the original is untouched)."""
-    return freeze_same_padding(copy.deepcopy(model).eval(), input_shape)
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        # A graph has no memory format: the trunk's NHWC conversion would only add shape/stride ops.
+        if isinstance(getattr(m, "channels_last", None), bool):
+            m.channels_last = False
+    return freeze_same_padding(model, input_shape)
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:

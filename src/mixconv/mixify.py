@@ -62,6 +62,8 @@ def mixconv_from_depthwise(conv: nn.Conv2d, kernel_sizes: Sequence[int] = (3, 5,
         # Growing the kernel by m taps a side needs m*d more padding for the same output; this also keeps
         # non-"same" paddings (e.g. 0) exact.
         group.padding = (ph + m * d, pw + m * d)
+        if group.padding != (d * (gk - 1) // 2,) * 2:
+            mix.impl = "split"  # the merged fast path assumes symmetric "same-size" padding in every group
         start += size
     return mix.to(device=conv.weight.device, dtype=conv.weight.dtype).train(conv.training)
 

@@ -59,12 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if img_size is None and getattr(model, "meta", None) is not None:
         img_size = tuple(model.meta.input_size[1:])  # taken before --optimize, which may drop the metadata
     if args.optimize:
-        optimize = getattr(mixconv, "optimize_for_inference", None)
-        if optimize is None:
-            print("mixconv export: error: --optimize needs mixconv.optimize_for_inference, not in this build",
-                  file=sys.stderr)
-            return 2
-        model = optimize(model.eval())
+        model = mixconv.optimize_for_inference(model.eval())
     opts = dict(img_size=img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, tol=args.tol)
     if args.format == "onnx":
         opts.update(opset=args.opset, exporter=args.exporter)

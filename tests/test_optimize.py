@@ -12,22 +12,10 @@ from mixconv.optimize import FusedConvNormAct
 from helpers import ALL_MODELS, randomize_bn, rel_err
 
 
-def _calibrate(model, x, seed=0):
-    """Random BN affine parameters and running statistics equal to the batch statistics of ``x`` (a
-    well-conditioned, trained-like network), in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:
-        bn.momentum = 1.0
-        # Scales below 1 keep the residual stream and logits at a trained network's magnitude.
-        bn.weight.data.copy_(torch.rand(bn.num_features, generator=g) * 0.5 + 0.25)
-        bn.bias.data.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
-    model.train()
-    with torch.no_grad():
-        model(x)
-    for bn in bns:
-        bn.momentum = 0.1
-    return model.eval()
+def _calibrate(model, x):
+    """Random BN parameters with running statistics equal to ``x``'s batch statistics, in eval mode; scales
+    below 1 keep the residual stream and logits at a trained network's magnitude."""
+    return randomize_bn(model, x, scale=(0.25, 0.75), perturb=False)
 
 
 def _model(name, size=32, **kwargs):

@@ -15,7 +15,7 @@ import yaml
 
 from .layers.activations import ACTIVATION_NAMES
 from .layers.padding import PADDING_MODES
-from .models.builder import scale_repeats_timm
+from .models.builder import scaled_repeats
 from .models.specs import BlockRow, MixNetSpec
 
 STAGE_FIELDS = (
@@ -200,8 +200,8 @@ def spec_to_dict(spec: MixNetSpec) -> dict[str, Any]:
     """
     if spec.depth_rule == "timm" and spec.depth_mult != 1.0:
         stages = tuple(
-            tuple(replace(r, num_blocks=n) for r, n in zip(stage, scale_repeats_timm([r.num_blocks for r in stage], spec.depth_mult)))
-            for stage in spec.stages
+            tuple(replace(r, num_blocks=n) for r, n in zip(stage, repeats))
+            for stage, repeats in zip(spec.stages, scaled_repeats(spec))
         )
         spec = replace(spec, stages=stages, depth_mult=1.0, depth_rule="ceil")
     params: dict[str, Any] = {

@@ -141,12 +141,12 @@ def mixconv_to_timm(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[st
     timm numbers blocks by its six reference stages; our stages follow the output stride, so the mapping of
     block order to ``blocks.i.j`` is taken from the reference stage grouping in ``model.spec``.
     """
-    from .models.builder import resolve  # local: avoids a cycle at import time
+    from .models.builder import resolve, scaled_repeats  # local: avoids a cycle at import time
 
     spec = model.spec
     timm_names: list[str] = []
     net = resolve(spec)
-    counts = _stage_block_counts(spec)
+    counts = [sum(stage) for stage in scaled_repeats(spec)]
     for i, n in enumerate(counts):
         timm_names.extend(f"blocks.{i}.{j}" for j in range(n))
     ours = block_names(model)
@@ -186,13 +186,6 @@ def mixconv_to_timm(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[st
         else:
             out[f"{prefix}{rev[sub]}.{param}"] = value
     return out
-
-
-def _stage_block_counts(spec: Any) -> list[int]:
-    from .models.builder import scale_repeats_ceil, scale_repeats_timm
-
-    scale = scale_repeats_timm if spec.depth_rule == "timm" else scale_repeats_ceil
-    return [sum(scale([r.num_blocks for r in stage], spec.depth_mult)) for stage in spec.stages]
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:

@@ -97,13 +97,14 @@ class ResolvedNet:
         ]
 
 
-def _scaled_rows(spec: MixNetSpec) -> list[tuple[BlockRow, int]]:
-    rows: list[tuple[BlockRow, int]] = []
+def scaled_repeats(spec: MixNetSpec) -> tuple[tuple[int, ...], ...]:
+    """Each row's repeats after depth scaling with the spec's rule, grouped as ``spec.stages``."""
     scale = scale_repeats_timm if spec.depth_rule == "timm" else scale_repeats_ceil
-    for stage in spec.stages:
-        repeats = scale([row.num_blocks for row in stage], spec.depth_mult)
-        rows.extend(zip(stage, repeats))
-    return rows
+    return tuple(tuple(scale([row.num_blocks for row in stage], spec.depth_mult)) for stage in spec.stages)
+
+
+def _scaled_rows(spec: MixNetSpec) -> list[tuple[BlockRow, int]]:
+    return [pair for stage, repeats in zip(spec.stages, scaled_repeats(spec)) for pair in zip(stage, repeats)]
 
 
 def resolve(spec: MixNetSpec, drop_path_rate: float = 0.0) -> ResolvedNet:

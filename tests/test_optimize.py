@@ -164,3 +164,23 @@ def test_no_graph_breaks_and_compiled_equals_eager():
         compiled = torch.compile(m)
         with torch.no_grad():
             assert rel_err(compiled(x), m(x)) <= 1e-4
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_micro_batches_equal_the_whole_batch(features_only, monkeypatch):
+    # The early stages run on slices of the batch (MICRO_BATCH_BYTES); a tiny budget forces 1-image slices here,
+    # a batch of 5 leaves a remainder, and the outputs must be those of the whole batch (and of the original).
+    torch.manual_seed(0)
+    kwargs = dict(features_only=True, out_indices=(0, 2, 3)) if features_only else dict(num_classes=10)
+    model = _calibrate(mixconv.create_model("mixnet_s", **kwargs), torch.randn(4, 3, 64, 64))
+    opt = mixconv.optimize_for_inference(model)
+    assert opt.micro_stages == 3 and opt.early_bytes_per_pixel == 96 * 4 / 4  # 96 channels at stride 2, fp32
+    x = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        whole = opt(x)  # 64 px: one slice
+        monkeypatch.setattr(mixconv.optimize, "MICRO_BATCH_BYTES", 2 * 96 * 32 * 32 * 4)  # two images a slice
+        assert len(mixconv.optimize._micro_batches(x, opt.early_bytes_per_pixel)) == 3
+        sliced, ref = opt(x), model(x)
+    for a, b, r in zip(*(t if isinstance(t, list) else [t] for t in (whole, sliced, ref))):
+        assert a.shape == b.shape == r.shape and b.is_contiguous(memory_format=torch.channels_last) == (a.dim() == 4)
+        assert rel_err(b, a) <= 1e-5 and rel_err(b, r) <= 1e-4  # oneDNN blocks a batch of 2 and 5 differently

@@ -118,6 +118,8 @@ def prepare_for_export(model: nn.Module, input_shape: Sequence[int]) -> nn.Modul
         # A graph has no memory format: the trunk's NHWC conversion would only add shape/stride ops.
         if isinstance(getattr(m, "channels_last", None), bool):
             m.channels_last = False
+        if getattr(m, "micro_stages", 0):  # an optimized model: slicing a symbolic batch is not exportable
+            m.micro_stages = 0
     return freeze_same_padding(model, input_shape)
 
 

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 import mixconv
-from mixconv.layers import MixConv2d
+from mixconv.layers import ConvNormAct, MixConv2d
+from mixconv.layers.grouped_conv import DEFAULT_IMPL as GROUPED_DEFAULT
+from mixconv.layers.grouped_conv import IMPLS as GROUPED_IMPLS
+from mixconv.layers.grouped_conv import GroupedConv1x1
 from mixconv.layers.mixed_conv import DEFAULT_IMPL, IMPLS
 
 from helpers import rel_err
@@ -75,21 +78,90 @@ def test_impl_table_and_choice():
     assert all(v in IMPLS for v in DEFAULT_IMPL.values())
     for (ks, stride, channels), impl in DEFAULT_IMPL.items():
         assert MixConv2d(channels, ks, stride).impl == impl
-    assert MixConv2d(32, (3, 5)).impl == "merged"  # unlisted shapes
+    assert MixConv2d(32, (3, 5)).impl == "split"  # unlisted shapes: the reference
     with pytest.raises(ValueError, match="impl"):
         MixConv2d(32, (3, 5), impl="fast")
+    assert all(v in GROUPED_IMPLS for v in GROUPED_DEFAULT.values())
+    for (cin, cout, g), impl in GROUPED_DEFAULT.items():
+        assert mixconv.grouped_conv1x1(cin, cout, g).impl == impl
+    assert mixconv.grouped_conv1x1(480, 80, 2).impl == "grouped"
+    with pytest.raises(ValueError, match="impl"):
+        mixconv.grouped_conv1x1(16, 96, 2, impl="fast")
     model = mixconv.create_model("mixnet_s")
     impls = {(m.kernel_sizes, m.stride, m.in_channels): m.impl for m in model.modules() if isinstance(m, MixConv2d)}
     assert impls[((3, 5, 7, 9), 1, 1200)] == "split" and impls[((3, 5), 1, 240)] == "merged"
+    # BN from the input's moments: exactly the expanding 1x1 convs (expand convs and the head conv).
+    folded = {n for n, m in model.named_modules() if isinstance(m, ConvNormAct) and m.bn_from_input}
+    assert folded == {n for n, m in model.named_modules() if isinstance(m, ConvNormAct) and
+                      isinstance(m.conv, torch.nn.Conv2d) and m.conv.kernel_size == (1, 1) and m.conv.out_channels > m.conv.in_channels}
+    assert "stages.1.0.expand" in folded and "head" in folded and "stages.1.0.project" not in folded
+
+
+@pytest.mark.parametrize("groups,impl", [(1, "grouped"), (2, "grouped"), (2, "dense")])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_bn_from_input_equals_conv_then_bn(groups, impl, channels_last, momentum):
+    torch.manual_seed(0)
+    conv = mixconv.grouped_conv1x1(8, 24, groups, impl=impl)
+    fast = ConvNormAct(conv, "swish")
+    fast.bn.momentum = momentum
+    torch.nn.init.uniform_(fast.bn.weight, 0.5, 1.5)
+    torch.nn.init.uniform_(fast.bn.bias, -0.5, 0.5)
+    ref = copy.deepcopy(fast)
+    ref.bn_from_input = False
+    assert fast.bn_from_input
+    # A non-centred input (mean 1, std 0.5): the moments identity must not lose the variance to cancellation.
+    x = 1.0 + 0.5 * torch.randn(4, 8, 9, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(4, 24, 9, 7)
+    for _ in range(2):  # twice: running statistics and num_batches_tracked follow the reference
+        ys = []
+        for mod in (fast, ref):
+            xi = x.detach().clone().requires_grad_()
+            mod.zero_grad(set_to_none=True)
+            y = mod(xi)
+            y.backward(gy)
+            ys.append((y, xi.grad, [p.grad for p in mod.parameters()]))
+        (y, gx, gw), (y_ref, gx_ref, gw_ref) = ys
+        assert rel_err(y, y_ref) <= 1e-5 and rel_err(gx, gx_ref) <= 1e-4
+        for a, b in zip(gw, gw_ref):
+            assert a.shape == b.shape and rel_err(a, b) <= 1e-4
+        for (n, a), (_, b) in zip(fast.bn.named_buffers(), ref.bn.named_buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    fast.eval()  # eval mode: running statistics, the reference path
+    with torch.no_grad():
+        assert rel_err(fast(x), ref.eval()(x)) <= 1e-5
+
+
+def test_bn_from_input_rule():
+    assert not ConvNormAct(torch.nn.Conv2d(4, 8, 1, bias=True)).bn_from_input  # a bias would get no gradient
+    assert not ConvNormAct(torch.nn.Conv2d(8, 4, 1, bias=False)).bn_from_input  # not expanding
+    assert not ConvNormAct(torch.nn.Conv2d(4, 8, 3, padding=1, bias=False)).bn_from_input  # not 1x1
+    assert not ConvNormAct(torch.nn.Conv2d(4, 8, 1, stride=2, bias=False)).bn_from_input
+
+
+def test_bn_from_input_is_not_used_for_sync_batchnorm():
+    block = ConvNormAct(torch.nn.Conv2d(4, 8, 1, bias=False), "relu")
+    sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(torch.nn.Sequential(block))
+    assert sync[0].bn_from_input and type(sync[0].bn) is torch.nn.SyncBatchNorm
+    called = []
+    sync[0].forward_bn_from_input = lambda x: called.append(x)
+    sync(torch.randn(2, 4, 3, 3))  # SyncBatchNorm's own path (without a process group: plain batch norm)
+    assert not called
 
 
 def _plain(model):
-    """The plain implementation: every MixConv split, NCHW activations."""
+    """The plain implementation: every MixConv split, grouped convs grouped, BN on the conv output, NCHW."""
     plain = copy.deepcopy(model)
     plain.channels_last = False
     for m in plain.modules():
         if isinstance(m, MixConv2d):
             m.impl = "split"
+        elif isinstance(m, GroupedConv1x1):
+            m.impl = "grouped"
+        elif isinstance(m, ConvNormAct):
+            m.bn_from_input = False
     return plain
 
 

@@ -7,13 +7,31 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class SiLU(nn.SiLU):
+    """SiLU (swish) that works in place only where no gradient is recorded.
+
+    An in-place SiLU under autograd makes autograd save a copy of its input for the backward (one more pass
+    over the tensor and one more allocation than the out-of-place op), so training runs it out of place;
+    inference overwrites its input and allocates nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not torch.is_grad_enabled())
+
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),
     "relu6": lambda: nn.ReLU6(inplace=True),
-    "swish": lambda: nn.SiLU(inplace=True),
-    "silu": lambda: nn.SiLU(inplace=True),
+    "swish": SiLU,
+    "silu": SiLU,
     "hswish": lambda: nn.Hardswish(inplace=True),
     "hard_swish": lambda: nn.Hardswish(inplace=True),
     "sigmoid": nn.Sigmoid,

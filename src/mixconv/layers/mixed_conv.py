@@ -17,19 +17,33 @@ IMPLS = ("split", "merged")
 # code so that a run never depends on a timing. "split": one depthwise conv per channel group, then a concat (the
 # reference computation). "merged": one depthwise conv whose kernel is the groups' kernels zero-padded to the
 # largest size, rebuilt from the per-group parameters at every call (parameters, state dict and gradients stay
-# per group). Shapes not listed use "merged".
-# Why: measured on this project's 2-core Xeon (Sapphire Rapids, avx512, shared), torch 2.14, fp32, channels_last,
-# batch 32 at 224, forward + backward of each MixNet-S/M/L layer shape, interleaved, 7 rounds
-# (benchmarks/mixconv_impls.py). oneDNN runs depthwise forward and input-gradient convs at any kernel size with
-# fast jit kernels and NHWC input, but a channel slice of an NHWC tensor is strided, so every split group pays a
-# copy in and out and falls off the NHWC path; merging removes that and won 1.5-3x on the large-map layers
-# (e.g. (3,5)x240 at 28x28: 232 vs 424 ms; (3,5,7,9)x624 at 14x14: 258 vs 517 ms). The weight gradient of a
-# kernel larger than 3x3 has no depthwise jit kernel in oneDNN and costs in proportion to the kernel area, so
-# on the small 14x14/7x7 maps of the widest (3..9/11) layers, where the copies are cheap, padding every
-# channel to 9x9/11x11 did not pay: split measured equal or faster there (entries below).
+# per group). Shapes not listed use "split".
+# Why: measured with benchmarks/layer_impls.py on this project's 2-core Xeon (avx512, no AMX, shared), torch 2.14,
+# fp32, NHWC, batch 32 at 224, forward + backward of every MixNet-S/M/L MixConv shape, 5 interleaved rounds
+# (medians in ms, split / merged, after each entry). oneDNN runs depthwise forward and input-gradient convs at
+# any kernel size with fast jit kernels, but a channel slice of an NHWC tensor is strided, so every split group
+# pays a copy in and out; on the large 56x56/28x28 maps merging removes that and wins. The weight gradient of a
+# kernel larger than 3x3 has no fast depthwise kernel and costs in proportion to the kernel area, so on the
+# 14x14/7x7 maps, where the copies are cheap, padding every channel to 7x7-11x11 loses: split stays there.
 DEFAULT_IMPL: dict[tuple[tuple[int, ...], int, int], str] = {
-    ((3, 5, 7, 9, 11), 2, 720): "split",  # mixnet_s stage 4 first block: 253 vs 255 ms (median), 114 vs 244 (min)
-    ((3, 5, 7, 9), 1, 1200): "split",  # mixnet_s/m stage 5 at 7x7: 205 vs 240 ms
+    ((3, 5, 7), 2, 144): "merged",  # mixnet_s, 56 px: 84.4 / 56.9
+    ((3, 5), 1, 240): "merged",  # mixnet_s, 28 px: 41.6 / 33.8
+    ((3, 5, 7), 2, 240): "merged",  # mixnet_s, 28 px: 23.3 / 22.7
+    ((3, 5), 1, 480): "split",  # mixnet_s, 14 px: 16.9 / 19.5
+    ((3, 5, 7), 1, 480): "split",  # mixnet_s, 14 px: 21.7 / 27.2
+    ((3, 5, 7, 9), 1, 360): "split",  # mixnet_s, 14 px: 31.4 / 42.5
+    ((3, 5, 7, 9, 11), 2, 720): "split",  # mixnet_s, 14 px: 30.3 / 71.3
+    ((3, 5, 7, 9), 1, 1200): "split",  # mixnet_s/m, 7 px: 31.0 / 72.6
+    ((3, 5, 7, 9), 2, 192): "split",  # mixnet_m, 56 px: 130.9 / 143.3
+    ((3, 5, 7, 9), 1, 480): "split",  # mixnet_m, 14 px: 30.4 / 49.7
+    ((3, 5, 7, 9), 2, 720): "split",  # mixnet_m, 14 px: 25.5 / 45.8
+    ((3, 5, 7), 2, 192): "merged",  # mixnet_l, 112 px: 649.9 / 557.8
+    ((3, 5, 7, 9), 2, 240): "merged",  # mixnet_l, 56 px: 158.7 / 147.2
+    ((3, 5), 1, 336): "merged",  # mixnet_l, 28 px: 77.5 / 61.2
+    ((3, 5, 7), 2, 336): "merged",  # mixnet_l, 28 px: 43.4 / 43.1
+    ((3, 5, 7, 9), 1, 624): "split",  # mixnet_l, 14 px: 45.3 / 74.0
+    ((3, 5, 7, 9), 2, 960): "split",  # mixnet_l, 14 px: 30.6 / 64.0
+    ((3, 5, 7, 9), 1, 1584): "split",  # mixnet_l, 7 px: 38.2 / 86.7
 }
 
 
@@ -123,7 +137,7 @@ class MixConv2d(nn.Module):
         self.split = split
         self.padding = padding
         if impl is None:
-            impl = DEFAULT_IMPL.get((ks, stride, channels), "merged")
+            impl = DEFAULT_IMPL.get((ks, stride, channels), "split")
         if impl not in IMPLS:
             raise ValueError(f"unknown MixConv impl {impl!r}; expected one of {', '.join(IMPLS)}")
         self.impl = impl

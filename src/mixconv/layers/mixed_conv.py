@@ -16,35 +16,83 @@ IMPLS = ("split", "merged")
 # How a multi-kernel MixConv runs in training mode by default, by (kernel sizes, stride, channels); fixed in
 # code so that a run never depends on a timing. "split": one depthwise conv per channel group, then a concat (the
 # reference computation). "merged": one depthwise conv whose kernel is the groups' kernels zero-padded to the
-# largest size, rebuilt from the per-group parameters at every call (parameters, state dict and gradients stay
-# per group). Shapes not listed use "split".
+# largest size, rebuilt from the per-group parameters at every call, for the forward and the input gradient;
+# the weight gradient per group at the group's own kernel size (parameters, state dict and gradients stay per
+# group). Shapes not listed use "merged".
 # Why: measured with benchmarks/layer_impls.py on this project's 2-core Xeon (avx512, no AMX, shared), torch 2.14,
 # fp32, NHWC, batch 32 at 224, forward + backward of every MixNet-S/M/L MixConv shape, 5 interleaved rounds
 # (medians in ms, split / merged, after each entry). oneDNN runs depthwise forward and input-gradient convs at
 # any kernel size with fast jit kernels, but a channel slice of an NHWC tensor is strided, so every split group
-# pays a copy in and out; on the large 56x56/28x28 maps merging removes that and wins. The weight gradient of a
-# kernel larger than 3x3 has no fast depthwise kernel and costs in proportion to the kernel area, so on the
-# 14x14/7x7 maps, where the copies are cheap, padding every channel to 7x7-11x11 loses: split stays there.
+# pays a copy in and out of its conv and the concat; merging removes those. The weight gradient of a kernel
+# larger than 3x3 has no fast depthwise kernel and costs in proportion to the kernel area, so it stays per
+# group: a fully merged backward (zero taps included) lost 2x on the 14x14/7x7 layers with 9x9/11x11 kernels.
+# Merged wins on every shape, by 15-30% on the large maps and 1-10% on the small ones.
 DEFAULT_IMPL: dict[tuple[tuple[int, ...], int, int], str] = {
-    ((3, 5, 7), 2, 144): "merged",  # mixnet_s, 56 px: 84.4 / 56.9
-    ((3, 5), 1, 240): "merged",  # mixnet_s, 28 px: 41.6 / 33.8
-    ((3, 5, 7), 2, 240): "merged",  # mixnet_s, 28 px: 23.3 / 22.7
-    ((3, 5), 1, 480): "split",  # mixnet_s, 14 px: 16.9 / 19.5
-    ((3, 5, 7), 1, 480): "split",  # mixnet_s, 14 px: 21.7 / 27.2
-    ((3, 5, 7, 9), 1, 360): "split",  # mixnet_s, 14 px: 31.4 / 42.5
-    ((3, 5, 7, 9, 11), 2, 720): "split",  # mixnet_s, 14 px: 30.3 / 71.3
-    ((3, 5, 7, 9), 1, 1200): "split",  # mixnet_s/m, 7 px: 31.0 / 72.6
-    ((3, 5, 7, 9), 2, 192): "split",  # mixnet_m, 56 px: 130.9 / 143.3
-    ((3, 5, 7, 9), 1, 480): "split",  # mixnet_m, 14 px: 30.4 / 49.7
-    ((3, 5, 7, 9), 2, 720): "split",  # mixnet_m, 14 px: 25.5 / 45.8
-    ((3, 5, 7), 2, 192): "merged",  # mixnet_l, 112 px: 649.9 / 557.8
-    ((3, 5, 7, 9), 2, 240): "merged",  # mixnet_l, 56 px: 158.7 / 147.2
-    ((3, 5), 1, 336): "merged",  # mixnet_l, 28 px: 77.5 / 61.2
-    ((3, 5, 7), 2, 336): "merged",  # mixnet_l, 28 px: 43.4 / 43.1
-    ((3, 5, 7, 9), 1, 624): "split",  # mixnet_l, 14 px: 45.3 / 74.0
-    ((3, 5, 7, 9), 2, 960): "split",  # mixnet_l, 14 px: 30.6 / 64.0
-    ((3, 5, 7, 9), 1, 1584): "split",  # mixnet_l, 7 px: 38.2 / 86.7
+    ((3, 5, 7), 2, 144): "merged",  # mixnet_s, 56 px: 91.5 / 74.7
+    ((3, 5), 1, 240): "merged",  # mixnet_s, 28 px: 41.3 / 34.9
+    ((3, 5, 7), 2, 240): "merged",  # mixnet_s, 28 px: 22.1 / 17.2
+    ((3, 5), 1, 480): "merged",  # mixnet_s, 14 px: 20.9 / 19.7
+    ((3, 5, 7), 1, 480): "merged",  # mixnet_s, 14 px: 28.0 / 27.7
+    ((3, 5, 7, 9), 1, 360): "merged",  # mixnet_s, 14 px: 27.1 / 26.8
+    ((3, 5, 7, 9, 11), 2, 720): "merged",  # mixnet_s, 14 px: 34.3 / 34.0
+    ((3, 5, 7, 9), 1, 1200): "merged",  # mixnet_s/m, 7 px: 26.6 / 25.7
+    ((3, 5, 7, 9), 2, 192): "merged",  # mixnet_m, 56 px: 128.9 / 105.2
+    ((3, 5, 7, 9), 1, 480): "merged",  # mixnet_m, 14 px: 35.2 / 33.4
+    ((3, 5, 7, 9), 2, 720): "merged",  # mixnet_m, 14 px: 28.4 / 24.5
+    ((3, 5, 7), 2, 192): "merged",  # mixnet_l, 112 px: 644.9 / 479.6
+    ((3, 5, 7, 9), 2, 240): "merged",  # mixnet_l, 56 px: 178.5 / 127.7
+    ((3, 5), 1, 336): "merged",  # mixnet_l, 28 px: 78.9 / 54.7
+    ((3, 5, 7), 2, 336): "merged",  # mixnet_l, 28 px: 37.8 / 32.2
+    ((3, 5, 7, 9), 1, 624): "merged",  # mixnet_l, 14 px: 41.0 / 39.5
+    ((3, 5, 7, 9), 2, 960): "merged",  # mixnet_l, 14 px: 27.4 / 25.8
+    ((3, 5, 7, 9), 1, 1584): "merged",  # mixnet_l, 7 px: 32.5 / 31.1
 }
+
+
+class _MergedMixConv(torch.autograd.Function):
+    """A MixConv as one depthwise conv with zero-padded kernels, forward and input gradient; the weight gradient
+    per channel group at the group's own kernel size (the merged kernel's zero taps get no gradient computed).
+
+    ``x`` comes padded by the caller when the padding is dynamic (TF SAME at stride 2), then ``padding`` is 0.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mod: "MixConv2d", *params: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        weight, bias = mod.merged_weight(), mod.merged_bias()
+        ctx.mod = mod
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, bias, mod.stride, mod.merged_padding, mod.dilation, mod.in_channels)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        mod: MixConv2d = ctx.mod
+        s, d, p = mod.stride, mod.dilation, mod.merged_padding
+        grad_x, _, grad_b = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [s, s], [p, p], [d, d], False, [0, 0], mod.in_channels,
+            [ctx.needs_input_grad[0], False, mod.has_bias],
+        )
+        grads: list[torch.Tensor | None] = []
+        start = 0
+        for conv, size in zip(mod.convs, mod.split_sizes):
+            k = conv.weight.shape[-1]
+            shift = d * (mod.max_kernel - k) // 2  # the group's kernel sits this far inside the merged one
+            xs, gs = x[:, start:start + size], grad[:, start:start + size]
+            pad = p - shift
+            if pad < 0:  # pre-padded input: crop to the group's own padding
+                xs = xs[:, :, -pad:xs.shape[2] + pad, -pad:xs.shape[3] + pad]
+                pad = 0
+            fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            gw = torch.ops.aten.convolution_backward(
+                gs.contiguous(memory_format=fmt), xs.contiguous(memory_format=fmt), conv.weight, None, [s, s],
+                [pad, pad], [d, d], False, [0, 0], size, [False, True, False],
+            )[1]
+            grads.append(gw)
+            if mod.has_bias:
+                grads.append(grad_b[start:start + size])
+            start += size
+        return (grad_x, None, *grads)
 
 
 def split_channels(channels: int, num_groups: int, split: str = "equal") -> tuple[int, ...]:
@@ -137,7 +185,7 @@ class MixConv2d(nn.Module):
         self.split = split
         self.padding = padding
         if impl is None:
-            impl = DEFAULT_IMPL.get((ks, stride, channels), "split")
+            impl = DEFAULT_IMPL.get((ks, stride, channels), "merged")
         if impl not in IMPLS:
             raise ValueError(f"unknown MixConv impl {impl!r}; expected one of {', '.join(IMPLS)}")
         self.impl = impl
@@ -169,14 +217,14 @@ class MixConv2d(nn.Module):
                 bs.append(b)
         return torch.cat(bs, 0) if len(bs) > 0 else None
 
+    @torch.jit.unused
     def forward_merged(self, x: torch.Tensor) -> torch.Tensor:
-        """One depthwise conv with the zero-padded kernel (zero taps read padding or neighbours, adding 0)."""
+        """One depthwise conv with the zero-padded kernel (zero taps read padding or neighbours, adding 0); the
+        backward computes the input gradient through the merged conv and each group's weight gradient at the
+        group's own kernel size (see ``DEFAULT_IMPL``)."""
         if self.merged_dynamic_pad:
             x = pad_same(x, self.max_kernel, self.stride, self.dilation)
-        return F.conv2d(
-            x, self.merged_weight(), self.merged_bias(), self.stride, self.merged_padding, self.dilation,
-            self.in_channels,
-        )
+        return _MergedMixConv.apply(x, self, *self.parameters())
 
     def forward_split(self, x: torch.Tensor) -> torch.Tensor:
         """The reference computation: split the channels, one depthwise conv per group, concatenate."""

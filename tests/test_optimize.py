@@ -198,3 +198,27 @@ def test_micro_batches_equal_the_whole_batch(features_only, monkeypatch):
     for a, b, r in zip(*(t if isinstance(t, list) else [t] for t in (whole, sliced, ref))):
         assert a.shape == b.shape == r.shape and b.is_contiguous(memory_format=torch.channels_last) == (a.dim() == 4)
         assert rel_err(b, a) <= 1e-5 and rel_err(b, r) <= 1e-4  # oneDNN blocks a batch of 2 and 5 differently
+
+
+def test_bf16_agreement_script_on_digits():
+    # benchmarks/bf16_agreement.py: top-1 of the model and of its optimized fp32/bf16 versions on real images.
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils.data import DataLoader
+
+    from mixconv.training.data import Preprocess, build_dataset, collate_skip, eval_transform
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bf16_agreement.py"
+    spec = importlib.util.spec_from_file_location("bf16_agreement", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    pre = Preprocess(32, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    ds = torch.utils.data.Subset(build_dataset("digits", "val", eval_transform(pre)), range(64))
+    torch.manual_seed(0)
+    model = _calibrate(mixconv.create_model("mixnet_s", num_classes=10), torch.randn(4, 3, 32, 32))
+    results = script.agreement(model, DataLoader(ds, 32, collate_fn=collate_skip))
+    assert set(results) == {"float32", "optimized float32", "optimized bfloat16"}
+    assert results["optimized float32"]["agreement"] == 100.0
+    assert results["optimized float32"]["top1"] == results["float32"]["top1"]
+    assert 0.0 <= results["optimized bfloat16"]["top1"] <= 100.0 and results["optimized bfloat16"]["agreement"] > 50.0

@@ -155,8 +155,9 @@ class MixConv2d(nn.Module):
         bias: add a learnable bias per channel.
         impl: how training-mode forward runs: ``"split"`` (one conv per group, then concatenate) or ``"merged"``
             (one depthwise conv with the kernels zero-padded to the largest size, built from the per-group
-            weights); both compute the same function with the same parameters. ``None`` picks from the static
-            table ``DEFAULT_IMPL``. Eval mode always runs ``"split"``, the reference computation.
+            weights, for the forward and the input gradient; weight gradients per group); both compute the same
+            function with the same parameters. ``None`` picks from the static table ``DEFAULT_IMPL``. Eval mode
+            always runs ``"split"``, the reference computation.
     """
 
     def __init__(
@@ -217,7 +218,6 @@ class MixConv2d(nn.Module):
                 bs.append(b)
         return torch.cat(bs, 0) if len(bs) > 0 else None
 
-    @torch.jit.unused
     def forward_merged(self, x: torch.Tensor) -> torch.Tensor:
         """One depthwise conv with the zero-padded kernel (zero taps read padding or neighbours, adding 0); the
         backward computes the input gradient through the merged conv and each group's weight gradient at the
@@ -237,8 +237,9 @@ class MixConv2d(nn.Module):
             return self.convs[0](x)
         # Eval mode runs the reference computation: FLOP counters then see the logical MACs (not the zero taps),
         # and fast inference is mixconv.optimize_for_inference's job (BN folded, merged, eval only).
-        if self.impl == "merged" and self.training:
-            return self.forward_merged(x)
+        if not torch.jit.is_scripting():  # TorchScript (eval/export only) keeps the reference path
+            if self.impl == "merged" and self.training:
+                return self.forward_merged(x)
         return self.forward_split(x)
 
     def extra_repr(self) -> str:

@@ -26,6 +26,8 @@ class SqueezeExcite(nn.Module):
         self.gate = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
+        # sum * (1 / HW) rather than mean: sum's backward is a broadcast view that autograd adds straight into the
+        # gate's input gradient, where mean's backward writes a full-size tensor first (one pass saved).
+        s = x.sum((2, 3), keepdim=True) * (1.0 / (x.shape[2] * x.shape[3]))
         s = self.conv_expand(self.act(self.conv_reduce(s)))
         return x * self.gate(s)

@@ -69,8 +69,14 @@ class ConvNormAct(nn.Module):
         acc = torch.promote_types(x.dtype, torch.float32)  # batch statistics in float32 at least, as BatchNorm's
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.permute(0, 2, 3, 1).reshape(count, c).to(acc)  # a view for NHWC float32 input (the model's)
-            mean_x = x2.mean(0)
-            cov_x = torch.mm(x2.t(), x2).div_(count) - torch.outer(mean_x, mean_x)
+            # sum * (1 / count): the backward is a broadcast view added into x's gradient, not a full tensor.
+            mean_x = x2.sum(0) * (1.0 / count)
+            # x^T x with one side detached and the gradient doubled: the gradient reaching the Gram matrix is
+            # symmetric (var_y is a quadratic form in it), so 2 x G equals autograd's x G + x G^T for one GEMM
+            # over the input instead of two (value unchanged: gram + (gram - gram.detach())).
+            gram = torch.mm(x2.t().detach(), x2)
+            gram = gram + (gram - gram.detach())
+            cov_x = gram * (1.0 / count) - torch.outer(mean_x, mean_x)
             dense = block_diagonal(conv.weight, conv.groups).flatten(1).to(acc)
             mean_y = dense @ mean_x
             var_y = ((dense @ cov_x) * dense).sum(1).clamp_min(0.0)

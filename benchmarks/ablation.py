@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import mixconv
+from mixconv.commands.benchmark import add_timing_args
 from mixconv.layers import ConvNormAct, MixConv2d
 from mixconv.layers.activations import SiLU
 from mixconv.layers.grouped_conv import GroupedConv1x1
@@ -71,10 +72,7 @@ def _infer_step(model: torch.nn.Module, x: torch.Tensor):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mixnet_s")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
+    add_timing_args(p, rounds=5, threads=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mixconv.commands.benchmark import Case, run_cases, result_rows, write_results
+from mixconv.commands.benchmark import Case, add_timing_args, run_cases, result_rows, write_results
 
 INFER_CASES = [
     ("timm", dict(source="timm")),
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["mixnet_s", "mixnet_m", "mixnet_l"])
     p.add_argument("--modes", nargs="+", choices=("infer", "train"), default=["infer", "train"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    add_timing_args(p, rounds=3, threads=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile cases")
     p.add_argument("--skip", nargs="*", default=[], help="case labels to leave out, e.g. 'timm compiled'")

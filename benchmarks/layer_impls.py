@@ -18,6 +18,7 @@ import time
 import torch
 
 import mixconv
+from mixconv.commands.benchmark import add_timing_args
 from mixconv.layers import MixConv2d
 from mixconv.layers.grouped_conv import GroupedConv1x1
 
@@ -58,10 +59,7 @@ def make_layers(key: tuple) -> dict[str, torch.nn.Module]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["mixnet_s", "mixnet_m", "mixnet_l"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
+    add_timing_args(p, rounds=5, threads=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -275,11 +275,19 @@ def format_rows(rows: list[dict]) -> str:
                      for line in table)
 
 
+def add_timing_args(p: argparse.ArgumentParser, *, rounds: int, threads: int | None = None) -> None:
+    """The options every timing run shares (this command and the scripts in benchmarks/)."""
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=threads,
+                   help="torch.set_num_threads" + ("" if threads else " (default: torch's)"))
+    p.add_argument("--rounds", type=int, default=rounds, help="interleaved timed rounds (the median is reported)")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("benchmark", help="time training steps and inference (optionally against timm)")
     p.add_argument("--model", nargs="+", default=["mixnet_s"], help="registered names or YAML configs")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224)
+    add_timing_args(p, rounds=5)
     p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                    help="with --optimize the inference dtype of the optimized model, else explicit autocast")
@@ -288,9 +296,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--optimize", action="store_true", help="mixconv.optimize_for_inference (the inference cases)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", choices=("timm",), help="also time timm's same-named model, interleaved")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--peak-gflops", type=float, help="the device's peak GFLOP/s: report the %% of it reached")
     p.add_argument("--results-file", type=Path, help="write the results as .json or .csv")
     p.set_defaults(func=run)

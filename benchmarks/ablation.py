@@ -18,13 +18,13 @@ import argparse
 import copy
 import statistics
 import sys
-import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 import mixconv
-from mixconv.commands.benchmark import add_timing_args
+from mixconv.commands.benchmark import add_timing_args, time_interleaved
 from mixconv.layers import ConvNormAct, MixConv2d
 from mixconv.layers.activations import SiLU
 from mixconv.layers.grouped_conv import GroupedConv1x1
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     target = torch.randint(0, 1000, (args.batch_size,))
     base = mixconv.create_model(args.model)
-    cases: dict[str, tuple[str, object]] = {}
+    cases: dict[str, tuple[str, Callable[[], None]]] = {}
     for i, label in enumerate(STEPS):
         cases[label] = ("train", _train_step(_set(base, i).train(), x, target))
     eval_model = base.eval()
@@ -88,15 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     cases["default, unoptimized"] = ("infer", _infer_step(eval_model, x))
     cases["optimized, no micro-batches"] = ("infer", _infer_step(no_micro, x))
     cases["optimized"] = ("infer", _infer_step(mixconv.optimize_for_inference(eval_model), x))
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _, step in cases.values():
+    steps = [step for _, step in cases.values()]
+    for step in steps:
         step()  # warm-up
-    for r in range(args.rounds):
-        for label, (_, step) in cases.items():
-            t = time.perf_counter()
-            step()
-            times[label].append(time.perf_counter() - t)
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    times = dict(zip(cases, time_interleaved(steps, args.rounds, log=log)))
     print(f"{args.model}, batch {args.batch_size}, {args.img_size} px, {args.threads} threads, fp32, median of "
           f"{args.rounds} interleaved rounds")
     print("| mode | case | img/s | x first case |")

@@ -11,14 +11,14 @@ made from this script's output; the models never time anything themselves.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-import time
 
 import torch
 
 import mixconv
-from mixconv.commands.benchmark import add_timing_args
+from mixconv.commands.benchmark import add_timing_args, time_interleaved
 from mixconv.layers import MixConv2d
 from mixconv.layers.grouped_conv import GroupedConv1x1
 
@@ -73,24 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         for layer in layers.values():
             layer.train()
             layer.load_state_dict(next(iter(layers.values())).state_dict())
-        grad = None
-        times: dict[str, list[float]] = {impl: [] for impl in layers}
+        with torch.no_grad():
+            grad = torch.randn_like(next(iter(layers.values()))(x))
 
         def step(layer: torch.nn.Module) -> None:
-            nonlocal grad
-            y = layer(x)
-            if grad is None:
-                grad = torch.randn_like(y)
-            torch.autograd.grad(y, (x, *layer.parameters()), grad)
+            torch.autograd.grad(layer(x), (x, *layer.parameters()), grad)
 
-        for layer in layers.values():
-            step(layer)
-        for _ in range(args.rounds):
-            for impl, layer in layers.items():
-                t = time.perf_counter()
-                step(layer)
-                times[impl].append((time.perf_counter() - t) * 1e3)
-        (a, ta), (b, tb) = ((impl, statistics.median(v)) for impl, v in times.items())
+        steps = [functools.partial(step, layer) for layer in layers.values()]
+        for warm_up in steps:
+            warm_up()
+        times = time_interleaved(steps, args.rounds)
+        (a, ta), (b, tb) = ((impl, 1e3 * statistics.median(v)) for impl, v in zip(layers, times))
         desc = " ".join(str(k) for k in key[1:] if not isinstance(k, str) or key[0] != "mixconv") or str(key)
         print(f"| {key[0]} {desc} | {model_name} | {shape} | {a} | {ta:.1f} | {b} | {tb:.1f} | {a if ta <= tb else b} |",
               flush=True)

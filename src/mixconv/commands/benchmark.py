@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -201,15 +201,31 @@ def run_cases(
             res.macs_per_image = _macs(case.model, img_size)
         results.append(res)
         steps.append(step)
+    for res, times in zip(results, time_interleaved(steps, rounds, sync=lambda: _sync(dev), log=log)):
+        res.times_s.extend(times)
+    return results
+
+
+def time_interleaved(
+    steps: Sequence[Callable[[], None]],
+    rounds: int,
+    *,
+    sync: Callable[[], None] = lambda: None,
+    log: Callable[[str], None] | None = None,
+) -> list[list[float]]:
+    """Seconds of each step in each of ``rounds`` rounds; round ``r`` runs every step once, in order, so that a
+    slower or busier moment of the machine hits every step alike. Warm the steps up before."""
+    times: list[list[float]] = [[] for _ in steps]
     for r in range(rounds):
-        for res, step in zip(results, steps):
-            _sync(dev)
+        for step, t in zip(steps, times):
+            sync()
             t0 = time.perf_counter()
             step()
-            _sync(dev)
-            res.times_s.append(time.perf_counter() - t0)
-        log(f"round {r + 1}/{rounds} done")
-    return results
+            sync()
+            t.append(time.perf_counter() - t0)
+        if log is not None:
+            log(f"round {r + 1}/{rounds} done")
+    return times
 
 
 _MACS_CACHE: dict[tuple[str, int], int] = {}

@@ -1,9 +1,15 @@
 """Shared test helpers."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import torch
 
 import mixconv
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The MixNet variants (the registry also holds non-MixNet models such as the MixConv-MobileNets).
 ALL_MODELS = mixconv.list_models("*mixnet*")
@@ -36,3 +42,12 @@ def randomize_bn(
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max absolute difference relative to the reference's largest magnitude."""
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def load_repo_module(relative_path: str) -> ModuleType:
+    """Import a file of the repository that is not part of the package (hubconf.py, benchmarks/*.py)."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

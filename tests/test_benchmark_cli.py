@@ -11,6 +11,8 @@ import pytest
 from mixconv.cli import main
 from mixconv.commands.benchmark import Case, Result, result_rows
 
+from helpers import load_repo_module
+
 SMALL = ["--batch-size", "2", "--img-size", "32", "--rounds", "2", "--warmup", "1"]
 
 
@@ -69,27 +71,16 @@ def test_ratio_pairs_same_model_mode_and_settings():
     assert rows[1]["img_per_s"] == 4.0 and rows[1]["ms_per_batch"] == 1000.0
 
 
-def _script(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_ablation_and_layer_impl_scripts_run(capsys):
     # benchmarks/ablation.py and benchmarks/layer_impls.py at a tiny size: every case runs and is reported.
     import torch
 
     tiny = ["--batch-size", "2", "--img-size", "32", "--rounds", "1", "--threads", str(torch.get_num_threads())]
-    ablation = _script("ablation")
+    ablation = load_repo_module("benchmarks/ablation.py")
     assert ablation.main(tiny) == 0
     out = capsys.readouterr().out
     assert all(f"| train | {label} |" in out for label in ablation.STEPS)
     assert "| infer | optimized |" in out
-    assert _script("layer_impls").main(["--models", "mixnet_s", *tiny]) == 0
+    assert load_repo_module("benchmarks/layer_impls.py").main(["--models", "mixnet_s", *tiny]) == 0
     out = capsys.readouterr().out
     assert "| mixconv (3, 5) 1 240 |" in out and "| grouped1x1 16 96 2 |" in out

@@ -1,22 +1,17 @@
 """torch.hub: hubconf.py exposes every registered model, with local weights by path."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 import mixconv
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, load_repo_module
 
 
 def test_hub_lists_every_registered_model():
     # torch.hub.list only reads GitHub repos; this is its rule on the module torch.hub.load imports.
-    spec = importlib.util.spec_from_file_location("hubconf", REPO / "hubconf.py")
-    hub = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hub)
+    hub = load_repo_module("hubconf.py")
     entries = [f for f in dir(hub) if callable(getattr(hub, f)) and not f.startswith("_")]
     assert sorted(entries) == mixconv.list_models()
 

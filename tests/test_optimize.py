@@ -11,7 +11,7 @@ from mixconv import BlockRow, MixNetSpec
 from mixconv.layers import ConvNormAct, MixConv2d, SqueezeExcite
 from mixconv.optimize import FusedConvNormAct
 
-from helpers import ALL_MODELS, randomize_bn, rel_err
+from helpers import ALL_MODELS, load_repo_module, randomize_bn, rel_err
 
 
 def _calibrate(model, x):
@@ -202,17 +202,11 @@ def test_micro_batches_equal_the_whole_batch(features_only, monkeypatch):
 
 def test_bf16_agreement_script_on_digits():
     # benchmarks/bf16_agreement.py: top-1 of the model and of its optimized fp32/bf16 versions on real images.
-    import importlib.util
-    from pathlib import Path
-
     from torch.utils.data import DataLoader
 
     from mixconv.training.data import Preprocess, build_dataset, collate_skip, eval_transform
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bf16_agreement.py"
-    spec = importlib.util.spec_from_file_location("bf16_agreement", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_repo_module("benchmarks/bf16_agreement.py")
     pre = Preprocess(32, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     ds = torch.utils.data.Subset(build_dataset("digits", "val", eval_transform(pre)), range(64))
     torch.manual_seed(0)

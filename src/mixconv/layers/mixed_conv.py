@@ -73,6 +73,7 @@ class _MergedMixConv(torch.autograd.Function):
             grad, x, weight, None, [s, s], [p, p], [d, d], False, [0, 0], mod.in_channels,
             [ctx.needs_input_grad[0], False, mod.has_bias],
         )
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         grads: list[torch.Tensor | None] = []
         start = 0
         for conv, size in zip(mod.convs, mod.split_sizes):
@@ -83,7 +84,6 @@ class _MergedMixConv(torch.autograd.Function):
             if pad < 0:  # pre-padded input: crop to the group's own padding
                 xs = xs[:, :, -pad:xs.shape[2] + pad, -pad:xs.shape[3] + pad]
                 pad = 0
-            fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
             gw = torch.ops.aten.convolution_backward(
                 gs.contiguous(memory_format=fmt), xs.contiguous(memory_format=fmt), conv.weight, None, [s, s],
                 [pad, pad], [d, d], False, [0, 0], size, [False, True, False],

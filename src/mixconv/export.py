@@ -166,9 +166,13 @@ def _reference(model: nn.Module, shape: Sequence[int]) -> tuple[torch.Tensor, li
     return x, ref
 
 
-def _check_shape(dynamic_batch: bool, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Verification input: a different batch size when the batch is dynamic (export batch + 1)."""
-    return (shape[0] + 1, *shape[1:]) if dynamic_batch else shape
+def _verify(fmt: str, path: Path, runtime: str, run: Callable[[torch.Tensor], Sequence[Any]], model: nn.Module,
+            shape: tuple[int, ...], dynamic_batch: bool, tol: float) -> ExportCheck:
+    """Run the re-loaded export (``run``) and the original model on a seeded input and compare them; the input
+    has a different batch size (export batch + 1) when the batch is dynamic."""
+    check_shape = (shape[0] + 1, *shape[1:]) if dynamic_batch else shape
+    x, ref = _reference(model, check_shape)
+    return _compare(fmt, path, runtime, run(x), ref, check_shape, shape[0], tol)
 
 
 def export_onnx(
@@ -227,12 +231,12 @@ def export_onnx(
         return None
     import onnxruntime as ort
 
-    check_shape = _check_shape(dynamic_batch, shape)
-    x, ref = _reference(model, check_shape)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    return _compare("onnx", path, f"onnxruntime {ort.__version__}", [torch.from_numpy(g) for g in got], ref,
-                    check_shape, shape[0], tol)
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+
+    return _verify("onnx", path, f"onnxruntime {ort.__version__}", run, model, shape, dynamic_batch, tol)
 
 
 def export_torchscript(
@@ -259,12 +263,12 @@ def export_torchscript(
         atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
     if not verify:
         return None
-    check_shape = _check_shape(dynamic_batch, shape)
-    x, ref = _reference(model, check_shape)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated.*")
-        got = _outputs(torch.jit.load(str(path), map_location="cpu")(x))
-    return _compare("torchscript", path, "torch.jit.load", got, ref, check_shape, shape[0], tol)
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated.*")
+            return _outputs(torch.jit.load(str(path), map_location="cpu")(x))
+
+    return _verify("torchscript", path, "torch.jit.load", run, model, shape, dynamic_batch, tol)
 
 
 def export_program(
@@ -291,11 +295,11 @@ def export_program(
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
     if not verify:
         return None
-    check_shape = _check_shape(dynamic_batch, shape)
-    x, ref = _reference(model, check_shape)
-    with torch.no_grad():
-        got = _outputs(torch.export.load(io.BytesIO(path.read_bytes())).module()(x))
-    return _compare("exported-program", path, "torch.export.load", got, ref, check_shape, shape[0], tol)
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return _outputs(torch.export.load(io.BytesIO(path.read_bytes())).module()(x))
+
+    return _verify("exported-program", path, "torch.export.load", run, model, shape, dynamic_batch, tol)
 
 
 EXPORTERS: dict[str, Callable[..., ExportCheck | None]] = {

@@ -67,6 +67,15 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return all_reduce_sum([1.0 if flag else 0.0], info)[0] > 0
 
 
+def gather_objects(obj: object, info: DistInfo) -> list:
+    """Every rank's ``obj`` (picklable), by rank, on every rank."""
+    if not info.distributed:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()

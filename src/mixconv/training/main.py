@@ -22,23 +22,21 @@ from torch.utils.data import DataLoader
 from ..models import create_model
 from ..models.factory import resolve_model_name
 from ..weights import CheckpointError, atomic_write, load_pretrained
+from . import elastic
 from . import state as ckpt
 from .config import TrainConfig, check_overrides, make_config
 from .data import (AugmentSettings, Preprocess, ShardSampler, build_dataset, collate_skip, dataset_classes,
                    eval_transform, train_transform)
-from .distributed import DistInfo, barrier, cleanup, init_distributed, sync_buffers
+from .distributed import DistInfo, barrier, broadcast_flag, cleanup, gather_objects, init_distributed, sync_buffers
 from .ema import ModelEma
 from .engine import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from .errors import TrainingError, WriteError, writing
 from .optim import create_optimizer, create_scheduler, scaled_lr
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "seconds",
                  "skipped_images")
 # Settings a resumed run may change; anything else must match the run being resumed.
 RESUME_CHANGEABLE = ("epochs", "workers", "log_interval", "resume")
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or had to stop; the message says why and what was kept."""
 
 
 @dataclass
@@ -155,13 +153,17 @@ def write_metrics(out_dir: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: row[k] for k in METRIC_FIELDS})
-    text = buf.getvalue()
-    atomic_write(out_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(out_dir / "metrics.csv", buf.getvalue())
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file of the run directory atomically; a failed write raises :class:`WriteError`."""
+    with writing(path):
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_curves(out_dir: Path, history: list[dict]) -> None:
@@ -182,8 +184,11 @@ def write_curves(out_dir: Path, history: list[dict]) -> None:
     b.plot(epochs, [r["val_top5"] for r in history], label="top-5")
     b.set_xlabel("epoch"), b.set_ylabel("val accuracy (%)"), b.legend()
     fig.tight_layout()
-    atomic_write(out_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    try:
+        with writing(out_dir / "curves.png"):
+            atomic_write(out_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
 
 
 class _TensorBoard:
@@ -227,19 +232,52 @@ def prepare_resume(target: str, overrides: dict[str, Any]) -> tuple[TrainConfig,
     """The saved settings of the run being resumed (only ``RESUME_CHANGEABLE`` may differ) and its state."""
     state_path = ckpt.find_resume_state(target)
     out_dir = state_path.parent
+    cfg = resumed_config(out_dir, overrides, f"--resume {target}")
+    return cfg, ckpt.load_state(state_path), out_dir
+
+
+def resumed_config(out_dir: Path, overrides: dict[str, Any], label: str) -> TrainConfig:
+    """``out_dir/config.yaml`` with ``overrides`` on top; only ``RESUME_CHANGEABLE`` settings may differ."""
     config_path = out_dir / "config.yaml"
     if not config_path.is_file():
-        raise CheckpointError(f"--resume {target}: {config_path} is missing; a run directory written by "
+        raise CheckpointError(f"{label}: {config_path} is missing; a run directory written by "
                               "`mixconv train` holds it")
     saved = make_config(None, yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
     changes = check_overrides(overrides, "command line")
     conflicts = [k for k, v in changes.items() if k not in RESUME_CHANGEABLE and getattr(saved, k) != v]
     if conflicts:
-        raise TrainingError(f"--resume {target}: cannot change {', '.join(conflicts)} when resuming (the run was "
+        raise TrainingError(f"{label}: cannot change {', '.join(conflicts)} when resuming (the run was "
                             f"started with {', '.join(f'{k}={getattr(saved, k)!r}' for k in conflicts)}); only "
                             f"{', '.join(RESUME_CHANGEABLE[:-1])} may change")
-    cfg = replace(saved, output=str(out_dir), **{k: v for k, v in changes.items() if k in RESUME_CHANGEABLE[:-1]})
-    return cfg, ckpt.load_state(state_path), out_dir
+    return replace(saved, output=str(out_dir), **{k: v for k, v in changes.items() if k in RESUME_CHANGEABLE[:-1]})
+
+
+def open_run_dir(cfg: TrainConfig, info: DistInfo) -> tuple[TrainConfig, Optional[dict[str, Any]], Path, str]:
+    """The run directory of a run started without ``--resume``: ``(cfg, saved state or None, dir, how)``.
+
+    A directory that already holds a checkpoint is refused, except after a torchrun elastic restart with an
+    explicit ``--output``: then the run continues from that checkpoint as ``--resume`` would (see
+    :mod:`mixconv.training.elastic`). ``how`` says which, for the log.
+    """
+    out_dir = default_output(cfg, info)
+    state_path = ckpt.checkpoint_paths(out_dir, "last")[1]
+    restarts = elastic.restart_count(info)
+    if restarts and not cfg.output:
+        log(info, f"elastic restart {restarts}: no --output was given, so a new run directory is started; pass "
+                  "--output to continue the interrupted run instead")
+    if not state_path.exists():
+        return cfg, None, out_dir, ""
+    if not (restarts and cfg.output):
+        raise TrainingError(f"{out_dir} already holds a training run; continue it with --resume {out_dir} or "
+                            "choose another --output")
+    label = f"elastic restart {restarts}: {out_dir}"
+    saved = ckpt.load_state(state_path)
+    why = elastic.foreign_run(saved)
+    if why:
+        raise TrainingError(f"{label} holds a training run this job did not start ({why}); continue it with "
+                            "--resume or choose another --output")
+    command_line = {k: v for k, v in cfg.to_dict().items() if v is not None and k != "output"}
+    return resumed_config(out_dir, command_line, label), saved, out_dir, f"elastic restart {restarts}: "
 
 
 def run(cfg: TrainConfig, *, resume: Optional[str] = None, resume_overrides: Optional[dict[str, Any]] = None,
@@ -273,6 +311,7 @@ class Trainer:
     generator: torch.Generator
     peak_lr: float
     rs: RunState
+    saved_epoch: int = 0  # the epoch of the checkpoint on disk
 
     @property
     def eval_model(self) -> nn.Module:
@@ -313,6 +352,7 @@ def _restore(t: Trainer, saved: dict[str, Any]) -> None:
         t.scaler.load_state_dict(saved["scaler"])
     ckpt.set_rng_state(saved["rng"])
     t.rs = RunState(int(saved["epoch"]), float(saved["best_top1"]), int(saved["best_epoch"]), list(saved["history"]))
+    t.saved_epoch = t.rs.epoch
 
 
 def _start(t: Trainer) -> None:
@@ -323,36 +363,58 @@ def _start(t: Trainer) -> None:
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         t.train_model = nn.parallel.DistributedDataParallel(t.train_model, device_ids=device_ids)
-    if info.is_main:
-        t.out_dir.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        atomic_write(t.out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    def write() -> None:
+        with writing(t.out_dir):
+            t.out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(t.out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_metrics(t.out_dir, t.rs.history)  # a resumed run keeps exactly the rows of its checkpoint
-        log(info, f"training {cfg.model} on {cfg.data} ({len(t.classes)} classes, {t.pre.img_size} px) for "
-                  f"{cfg.epochs} epochs on {info.world_size} process(es), {info.device.type}; "
-                  f"global batch {cfg.batch_size * info.world_size}, lr {t.peak_lr:.4g}; output {t.out_dir}")
-    barrier(info)
+
+    _main_writes(t, write)  # also the barrier: no rank starts before the directory is ready
+    log(info, f"training {cfg.model} on {cfg.data} ({len(t.classes)} classes, {t.pre.img_size} px) for "
+              f"{cfg.epochs} epochs on {info.world_size} process(es), {info.device.type}; "
+              f"global batch {cfg.batch_size * info.world_size}, lr {t.peak_lr:.4g}; output {t.out_dir}")
+
+
+def _main_writes(t: Trainer, write: Callable[[], None]) -> None:
+    """Rank 0 runs ``write``; when it fails (disk full, I/O error) every rank stops, with the reason on rank 0.
+
+    A collective: every rank calls it.
+    """
+    error: Optional[WriteError] = None
+    if t.info.is_main:
+        try:
+            write()
+        except WriteError as e:
+            error = e
+    if not broadcast_flag(error is not None, t.info):
+        return
+    if error is None:
+        raise TrainingError("rank 0 could not write to the run directory; stopping (rank 0 says why)")
+    if t.saved_epoch:
+        kept = (f"the checkpoint of epoch {t.saved_epoch} ({t.path('last', 1)}) and the metrics rows written "
+                f"with it are intact; free space, then continue with --resume {t.out_dir}")
+    else:
+        kept = "no checkpoint was written yet"
+    raise TrainingError(f"{error}; stopping: {kept}") from None
 
 
 def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrides: dict[str, Any],
          on_epoch_end: Optional[Callable[[dict], None]]) -> dict[str, Any]:
-    saved = None
+    how = ""
     if resume:
         cfg, saved, out_dir = prepare_resume(resume, resume_overrides)
     else:
-        out_dir = default_output(cfg, info)
-        if ckpt.checkpoint_paths(out_dir, "last")[1].exists():
-            raise TrainingError(f"{out_dir} already holds a training run; continue it with --resume {out_dir} or "
-                                "choose another --output")
+        cfg, saved, out_dir, how = open_run_dir(cfg, info)
     if cfg.amp == "fp16" and info.device.type != "cuda":
         raise TrainingError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
     t = _setup(cfg, info, out_dir)
     if saved is not None:
         _restore(t, saved)
         if t.rs.epoch >= t.cfg.epochs:
-            log(info, f"the run in {out_dir} is finished ({t.rs.epoch} of {t.cfg.epochs} epochs); nothing to do")
-            return _summary(t, finished=True)
-        log(info, f"resumed at epoch {t.rs.epoch} from {t.path('last', 1)}: continuing with epoch "
+            log(info, f"{how}the run in {out_dir} is finished ({t.rs.epoch} of {t.cfg.epochs} epochs); nothing "
+                      "to do")
+            return _finish(t)
+        log(info, f"{how}resumed at epoch {t.rs.epoch} from {t.path('last', 1)}: continuing with epoch "
                   f"{t.rs.epoch + 1} of {t.cfg.epochs}")
     _start(t)
     tb = _TensorBoard(out_dir, info.is_main)
@@ -366,9 +428,20 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
                 on_epoch_end(dict(row))
     finally:
         tb.close()
-    summary = _summary(t, finished=True, write=False)
+    summary = _finish(t)
     log(info, f"done: best top-1 {summary['best_top1']:.2f} (epoch {t.rs.best_epoch}), final top-1 "
               f"{summary['final_top1']:.2f}; checkpoints in {out_dir}")
+    return summary
+
+
+def _finish(t: Trainer) -> dict[str, Any]:
+    """The final summary, with every rank's sha256 of its final weights (equal on all ranks; DDP keeps them so)."""
+    hashes = gather_objects(ckpt.weights_sha256(t.eval_model.state_dict()), t.info)
+    if len(set(hashes)) > 1:
+        log(t.info, f"warning: the final weights differ between ranks (sha256 by rank: {', '.join(hashes)})")
+    summary = _summary(t, finished=True, write=False)
+    summary["final_weights_sha256"] = hashes
+    _main_writes(t, lambda: write_json(t.out_dir / "summary.json", summary))
     return summary
 
 
@@ -401,8 +474,9 @@ def _one_epoch(t: Trainer, epoch: int) -> dict[str, Any]:
     is_best = vs.top1 > t.rs.best_top1
     if is_best:
         t.rs.best_top1, t.rs.best_epoch = vs.top1, epoch + 1
+    _main_writes(t, lambda: _save(t, {"epoch": epoch + 1, "val_top1": vs.top1, "val_top5": vs.top5,
+                                      "val_loss": vs.loss}, is_best))
     if info.is_main:
-        _save(t, {"epoch": epoch + 1, "val_top1": vs.top1, "val_top5": vs.top5, "val_loss": vs.loss}, is_best)
         log(info, f"{desc}: train_loss {ts.loss:.4f} val_loss {vs.loss:.4f} top1 {vs.top1:.2f} top5 {vs.top5:.2f} "
                   f"({ts.images_per_s:.1f} img/s, {row['seconds']:.1f} s, {row['skipped_images']} skipped)")
     return row
@@ -412,16 +486,15 @@ def _save(t: Trainer, results: dict[str, Any], is_best: bool) -> None:
     """Checkpoints first (weights, then the resume state), then the files derived from the history."""
     extra = {"classes": t.classes, "preprocess": t.pre.to_dict(), "data": t.cfg.data, "ema": t.ema is not None,
              "train_config": t.cfg.to_dict(), **results}
-    ckpt.save_weights(t.eval_model, t.path("last"), extra)
-    if is_best:
-        ckpt.save_weights(t.eval_model, t.path("best"), extra)
     rs = t.rs
-    ckpt.save_state(t.path("last", 1), {
+    ckpt.commit_checkpoint(t.out_dir, t.eval_model, extra, ("last", "best") if is_best else ("last",), {
         "epoch": rs.epoch, "best_top1": rs.best_top1, "best_epoch": rs.best_epoch, "history": rs.history,
         "model": t.model.state_dict(), "ema": t.ema.state_dict() if t.ema is not None else None,
         "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None, "rng": ckpt.rng_state(),
+        elastic.RUN_ID_KEY: elastic.run_id(),
     })
+    t.saved_epoch = rs.epoch
     write_metrics(t.out_dir, rs.history)
     write_curves(t.out_dir, rs.history)
     _summary(t, finished=rs.epoch >= t.cfg.epochs)

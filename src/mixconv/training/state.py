@@ -8,21 +8,27 @@ A run directory holds, per checkpoint name (``last``, ``best``):
   scaler, epoch, RNG states and the metrics history. It holds tensors and plain containers only and is
   read with ``torch.load(weights_only=True)``.
 
-Both are written through a temporary file, fsync and rename: a kill during a write leaves the previous file.
+Every file is written through a temporary file, fsync and rename: a kill during a write leaves the previous
+file. The files of one checkpoint are written in full first and renamed into place together
+(:func:`commit_checkpoint`), so a write that fails (disk full, I/O error) leaves the previous checkpoint whole.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
 import pickle
 import random
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..weights import CheckpointError, atomic_write, read_checkpoint, save_checkpoint
+from .errors import writing
 
 STATE_FORMAT = "mixconv-train/1"
 STATE_SUFFIX = ".state.pt"
@@ -65,8 +71,54 @@ def _tuplify(x: Any) -> Any:
 
 def save_state(path: Path, state: Mapping[str, Any]) -> Path:
     """Write the resume state atomically."""
-    payload = {"format": STATE_FORMAT, **state}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    buf = io.BytesIO()
+    torch.save({"format": STATE_FORMAT, **state}, buf)
+    # Written by Python (not torch.save's C++ writer) so that a full disk raises OSError(ENOSPC), not a
+    # RuntimeError about stream positions.
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getbuffer()))
+
+
+def commit_checkpoint(out_dir: Path, model: nn.Module, extra: Mapping[str, Any], names: Sequence[str],
+                      state: Mapping[str, Any]) -> None:
+    """Write ``NAME.safetensors`` for each of ``names`` and ``last.state.pt`` as one unit.
+
+    Each file is first written in full beside its target (``.NAME.partial``); only when all are written are they
+    renamed into place. A write that fails raises :class:`~mixconv.training.errors.WriteError` naming the file
+    and leaves the previous checkpoint's files as they were.
+    """
+    jobs = [(checkpoint_paths(out_dir, n)[0], lambda p: save_weights(model, p, extra)) for n in names]
+    jobs.append((checkpoint_paths(out_dir, "last")[1], lambda p: save_state(p, state)))
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for final, write in jobs:
+            partial = final.with_name(f".{final.name}.partial")
+            with writing(final):
+                write(partial)
+            staged.append((partial, final))
+        for partial, final in staged:
+            with writing(final):
+                os.replace(partial, final)
+        dir_fd = os.open(out_dir, os.O_RDONLY)  # make the renames themselves durable
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes (by name): equal exactly when the weights are.
+
+    A multi-process run records each rank's value for its final weights in ``summary.json``.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -363,6 +363,7 @@ def _start(t: Trainer) -> None:
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         t.train_model = nn.parallel.DistributedDataParallel(t.train_model, device_ids=device_ids)
+
     def write() -> None:
         with writing(t.out_dir):
             t.out_dir.mkdir(parents=True, exist_ok=True)
@@ -391,8 +392,8 @@ def _main_writes(t: Trainer, write: Callable[[], None]) -> None:
     if error is None:
         raise TrainingError("rank 0 could not write to the run directory; stopping (rank 0 says why)")
     if t.saved_epoch:
-        kept = (f"the checkpoint of epoch {t.saved_epoch} ({t.path('last', 1)}) and the metrics rows written "
-                f"with it are intact; free space, then continue with --resume {t.out_dir}")
+        kept = (f"the checkpoint of epoch {t.saved_epoch} ({t.path('last', 1)}) and the files written before "
+                f"are intact; free space, then continue with --resume {t.out_dir}")
     else:
         kept = "no checkpoint was written yet"
     raise TrainingError(f"{error}; stopping: {kept}") from None
@@ -483,7 +484,7 @@ def _one_epoch(t: Trainer, epoch: int) -> dict[str, Any]:
 
 
 def _save(t: Trainer, results: dict[str, Any], is_best: bool) -> None:
-    """Checkpoints first (weights, then the resume state), then the files derived from the history."""
+    """The checkpoint first (weights and resume state, as one unit), then the files derived from the history."""
     extra = {"classes": t.classes, "preprocess": t.pre.to_dict(), "data": t.cfg.data, "ema": t.ema is not None,
              "train_config": t.cfg.to_dict(), **results}
     rs = t.rs

@@ -35,7 +35,9 @@ def rows(out: Path) -> list[dict]:
 
 def worker_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC_")}
-    env.update(OMP_NUM_THREADS="1", **extra)
+    # A fresh store per restart round: with torchrun's shared TCPStore, a restarted group can read the previous
+    # group's gloo addresses and fail to connect (pytorch/pytorch#135712; seen here on a loaded CPU).
+    env.update(OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1", **extra)
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

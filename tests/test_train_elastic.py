@@ -56,6 +56,7 @@ def wait_for(condition, seconds: float, proc: subprocess.Popen) -> bool:
 
 
 @needs_gloo
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_elastic_restart_after_sigkill_continues_the_run(tiny_model, image_folder, tmp_path):
     """torchrun --max-restarts 1: SIGKILL one worker in the middle of epoch 3 of 3; the restarted group, with the
     same command line, continues from the epoch-2 checkpoint and runs epoch 3 once."""

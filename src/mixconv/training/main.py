@@ -414,6 +414,8 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
         if t.rs.epoch >= t.cfg.epochs:
             log(info, f"{how}the run in {out_dir} is finished ({t.rs.epoch} of {t.cfg.epochs} epochs); nothing "
                       "to do")
+            # metrics.csv may have missed the last rows (a write that failed after the checkpoint's)
+            _main_writes(t, lambda: _write_history(t))
             return _finish(t)
         log(info, f"{how}resumed at epoch {t.rs.epoch} from {t.path('last', 1)}: continuing with epoch "
                   f"{t.rs.epoch + 1} of {t.cfg.epochs}")
@@ -496,9 +498,14 @@ def _save(t: Trainer, results: dict[str, Any], is_best: bool) -> None:
         elastic.RUN_ID_KEY: elastic.run_id(),
     })
     t.saved_epoch = rs.epoch
-    write_metrics(t.out_dir, rs.history)
-    write_curves(t.out_dir, rs.history)
-    _summary(t, finished=rs.epoch >= t.cfg.epochs)
+    _write_history(t)
+
+
+def _write_history(t: Trainer) -> None:
+    """The files derived from the checkpoint's history: metrics.csv, curves.png and summary.json."""
+    write_metrics(t.out_dir, t.rs.history)
+    write_curves(t.out_dir, t.rs.history)
+    _summary(t, finished=t.rs.epoch >= t.cfg.epochs)
 
 
 def _summary(t: Trainer, finished: bool, write: bool = True) -> dict[str, Any]:

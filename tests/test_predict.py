@@ -71,6 +71,6 @@ def test_predict_errors(checkpoint, tmp_path):
     r = run_cli("predict", "x.png", "--checkpoint", checkpoint, "--top-k", "0")
     assert r.returncode == 2 and "--top-k" in r.stderr
     r = run_cli("predict", "x.png", "--checkpoint", str(tmp_path / "missing.safetensors"))
-    assert r.returncode == 2 and "no such checkpoint file" in r.stderr
+    assert r.returncode == 2 and "no such file" in r.stderr
     r = run_cli("predict", "--checkpoint", checkpoint)
     assert r.returncode == 2 and "IMAGE" in r.stderr

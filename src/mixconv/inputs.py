@@ -37,7 +37,7 @@ def _os_reason(e: OSError) -> str:
 
 
 def check_file(path: str | Path, what: str, error: ErrorType = MixconvInputError) -> Path:
-    """``path`` as a :class:`Path` after checking it is an existing, readable regular file.
+    """``path`` as a :class:`Path` after checking it is an existing, readable, non-empty regular file.
 
     Read access is checked by opening the file (``os.access`` is always true for root).
     """
@@ -52,6 +52,8 @@ def check_file(path: str | Path, what: str, error: ErrorType = MixconvInputError
         raise error(f"{path}: is a directory; expected {what} (a file)")
     if not stat.S_ISREG(st.st_mode):
         raise error(f"{path}: not a regular file (a device, FIFO or socket); expected {what}")
+    if st.st_size == 0:
+        raise error(f"{path}: empty file; expected {what}")
     try:
         with open(path, "rb"):
             pass
@@ -152,9 +154,19 @@ def load_yaml(text: str, source: str, error: ErrorType = MixconvInputError) -> A
     try:
         return yaml.load(text, Loader=_BoundedSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise error(f"{source}: not valid YAML ({e})") from None
+        raise error(f"{source}: not valid YAML ({_yaml_problem(e)})") from None
     except RecursionError:
         raise error(f"{source}: the YAML is nested too deeply") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: where and what (PyYAML's own message spans several lines with a source excerpt)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        context = f" {e.context}" if e.context else ""
+        return f"{where}{e.problem}{context}"
+    return " ".join(str(e).split())
 
 
 def read_yaml(path: str | Path, what: str, error: ErrorType = MixconvInputError) -> Any:
@@ -188,8 +200,6 @@ def load_onnx(path: str | Path, *, check: bool = True, error: ErrorType = Mixcon
     import onnx
 
     path = check_file(path, ONNX_EXPECTED, error)
-    if path.stat().st_size == 0:
-        raise error(f"{path}: empty file; expected {ONNX_EXPECTED}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends

@@ -75,8 +75,6 @@ def load_torch_file(path: str | Path, what: str) -> Any:
     path = check_file(path, what, CheckpointError)
     with open(path, "rb") as f:
         head = f.read(4)
-    if not head:
-        raise CheckpointError(f"{path}: empty file; expected {what}")
     if not head.startswith(_TORCH_MAGIC):
         raise CheckpointError(f"{path}: not a PyTorch file (it starts with {head!r}, not a zip archive or a "
                               f"pickle); expected {what}")

@@ -402,3 +402,27 @@ def test_export_verification_names_a_damaged_onnx_file(good, tmp_path, monkeypat
         export.export_onnx(model, out, img_size=32, exporter="torchscript")
     with pytest.raises(MixconvInputError, match="m.onnx"):
         export.onnx_op_counts(out)
+
+
+@pytest.mark.parametrize("kind, args", [
+    ("config", ["train", "--model", "{path}", "--data", "{tmp}/no-data"]),
+    ("config", ["export", "--model", "{path}", "--format", "onnx", "--output", "{tmp}/m.onnx"]),
+    ("config", ["benchmark", "--model", "{path}", "--rounds", "1"]),
+    ("safetensors", ["export", "--checkpoint", "{path}", "--format", "onnx", "--output", "{tmp}/m.onnx"]),
+    ("safetensors", ["predict", "{image}", "--checkpoint", "{path}"]),
+    ("safetensors", ["convert", "{path}", "{tmp}/out.pth"]),
+    ("safetensors", ["verify", "{path}"]),
+    ("pth", ["train", "--pretrained", "{path}", "--model", "{config}", "--data", "digits", "--epochs", "1"]),
+    ("pth", ["validate", "--checkpoint", "{path}", "--model", "{config}", "--data", "digits"]),
+    ("state", ["verify", "{path}"]),
+])
+@pytest.mark.parametrize("how", ["truncated", "not-utf8-or-random"])
+def test_every_cli_entry_point_names_the_damaged_file(kind, args, how, good, tmp_path):
+    data = good[kind].read_bytes()
+    data = data[: len(data) // 2] if how == "truncated" else b"\xff\xfe" + bytes(range(256)) * 4
+    path = _damaged_copy(good, kind, data, tmp_path)
+    fill = {"path": str(path), "tmp": str(tmp_path), "image": str(good["image"]), "config": str(good["config"])}
+    r = run_cli(*[a.format(**fill) for a in args])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    (line,) = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert line.startswith(f"mixconv {args[0]}: error: {path}")

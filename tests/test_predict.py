@@ -60,9 +60,9 @@ def test_unreadable_images_are_named(checkpoint, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 nope")
     r = run_cli("predict", str(bad), str(good), "--checkpoint", checkpoint)
-    assert r.returncode == 0
-    assert "skipping unreadable image" in r.stderr and "bad.jpg" in r.stderr
-    assert "good.png: " in r.stdout
+    assert r.returncode == 1  # every image is tried; the exit status says one failed
+    assert "skipping unreadable image" in r.stderr and "bad.jpg: not a readable image" in r.stderr
+    assert "good.png: " in r.stdout and "bad.jpg: unreadable" in r.stdout
     r = run_cli("predict", str(bad), "--checkpoint", checkpoint)
     assert r.returncode == 1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any, Callable, Type
+from typing import Any, Type
 
 import yaml
 
@@ -195,8 +195,8 @@ ONNX_EXPECTED = "an ONNX model (.onnx protobuf)"
 
 
 def load_onnx(path: str | Path, *, check: bool = True, error: ErrorType = MixconvInputError) -> Any:
-    """An ``onnx.ModelProto`` read from a checked file (external data is never followed), checked by
-    ``onnx.checker`` when ``check``."""
+    """An ``onnx.ModelProto`` read from a checked file, without its external data, checked by ``onnx.checker``
+    (which resolves external data inside the file's directory only) when ``check``."""
     import onnx
 
     path = check_file(path, ONNX_EXPECTED, error)
@@ -205,8 +205,8 @@ def load_onnx(path: str | Path, *, check: bool = True, error: ErrorType = Mixcon
     except Exception as e:  # protobuf's DecodeError and friends
         raise error(f"{path}: not a readable ONNX file ({type(e).__name__}: {e}); expected {ONNX_EXPECTED}") from None
     if check:
-        try:
-            onnx.checker.check_model(model)
+        try:  # by path: external data (torch's dynamo exporter writes it) is checked next to the file
+            onnx.checker.check_model(str(path))
         except Exception as e:  # onnx.checker.ValidationError, or protobuf errors on odd fields
             raise error(f"{path}: not a valid ONNX model ({_first_line(e)}); expected {ONNX_EXPECTED}") from None
     return model
@@ -232,19 +232,3 @@ def short_repr(value: Any, limit: int = 200) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-def wrap_errors(path: str | Path, what: str, error: ErrorType, read: Callable[[], Any]) -> Any:
-    """``read()`` with any exception turned into ``error`` naming ``path`` and ``what`` was expected.
-
-    For parsers (torch, safetensors) whose error types are many and undocumented; the file has been checked
-    with :func:`check_file` before, so these are errors about its content.
-    """
-    try:
-        return read()
-    except MixconvInputError:
-        raise
-    except MemoryError:
-        raise error(f"{path}: its content asks for more memory than there is; expected {what}") from None
-    except Exception as e:
-        raise error(f"{path}: damaged or not {what} ({type(e).__name__}: {_first_line(e)})") from None

@@ -11,6 +11,7 @@ Two conventions are checked whenever a checkpoint is read:
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +145,8 @@ class VerifyReport:
         lines = [f"file:     {self.path}", f"format:   {self.format}",
                  f"tensors:  {self.num_tensors} ({self.num_elements:,} elements)", f"sha256:   {self.file_sha256}"]
         for c in self.checks:
-            lines += [f"recorded: {c.recorded}  ({c.source})", f"computed: {c.computed}  {'OK' if c.ok else 'MISMATCH'}"]
+            verdict = "OK" if c.ok else "MISMATCH"
+            lines += [f"recorded: {c.recorded}  ({c.source})", f"computed: {c.computed}  {verdict}"]
         return "\n".join(lines + [f"status:   {self.status}"])
 
 
@@ -161,9 +163,7 @@ def verify_file(path: str | Path) -> VerifyReport:
     checks: list[HashCheck] = []
     if path.suffix == ".onnx":
         model = load_onnx(path)
-        import onnx.numpy_helper as nh
-
-        sizes = [int(nh.to_array(t).size) for t in model.graph.initializer]
+        sizes = [math.prod(t.dims) for t in model.graph.initializer]
         return VerifyReport(path, f"ONNX (opset {', '.join(str(o.version) for o in model.opset_import)}, checked by "
                             "onnx.checker)", len(sizes), sum(sizes), file_sha256(path), ())
     hub = hub_check(path)

@@ -79,7 +79,8 @@ def load_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a mixconv training state (format {STATE_FORMAT} expected)")
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
-        raise CheckpointError(f"{path}: damaged training state: no {', '.join(missing)}; expected {', '.join(STATE_KEYS)}")
+        raise CheckpointError(f"{path}: damaged training state: no {', '.join(missing)}; expected "
+                              f"{', '.join(STATE_KEYS)}")
     check = recorded_check(nested_tensors(state), state)  # states written before the hash existed: unchecked
     if check is not None and not check.ok:
         raise CheckpointError(check.describe(path))

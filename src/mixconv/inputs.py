@@ -15,7 +15,7 @@ from typing import Any, Type
 
 import yaml
 
-TEXT_MAX_BYTES = 16 * 2**20  # a config or recipe is a few KiB; 16 MiB leaves room and bounds memory
+TEXT_MAX_BYTES = 2**20  # a config or recipe is a few KiB; 1 MiB leaves room and bounds parsing time and memory
 YAML_MAX_NODES = 100_000  # nodes after alias expansion; a MixNet config has a few hundred
 
 
@@ -87,7 +87,7 @@ def read_bytes(path: str | Path, what: str, error: ErrorType = MixconvInputError
     except OSError as e:
         raise error(f"{path}: cannot read it ({_os_reason(e)}); expected {what}") from None
     if len(data) > max_bytes:
-        raise error(f"{path}: larger than {max_bytes // 2**20} MiB; expected {what}")
+        raise error(f"{path}: larger than {max_bytes:,} bytes; expected {what}")
     return data
 
 
@@ -102,14 +102,16 @@ def read_text(path: str | Path, what: str, error: ErrorType = MixconvInputError,
                     f"expected {what} saved as UTF-8") from None
 
 
-class _BoundedSafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses documents whose aliases would expand past :data:`YAML_MAX_NODES`."""
+class _BoundedSafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: ~8x faster when present
+    """The safe loader, refusing documents whose aliases would expand past :data:`YAML_MAX_NODES` nodes: the
+    node graph is sized before any Python object is built from it."""
 
-    def get_single_node(self) -> Any:
-        node = super().get_single_node()
-        if node is not None:
-            _check_expanded_size(node, YAML_MAX_NODES)
-        return node
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, YAML_MAX_NODES)
+        return self.construct_document(node)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -426,3 +426,15 @@ def test_every_cli_entry_point_names_the_damaged_file(kind, args, how, good, tmp
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     (line,) = [line for line in r.stderr.splitlines() if "error:" in line]
     assert line.startswith(f"mixconv {args[0]}: error: {path}")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("epochs: [1\n", "not valid YAML"), ("- a list\n", "expected a mapping"), ("epochs: 0\n", "epochs: got 0"),
+    ("epochs: 'ten'\n", "epochs: got 'ten'"), ("no_such_setting: 1\n", "unknown setting"),
+])
+def test_damaged_run_settings_on_resume(text, expected, good, tmp_path):
+    state = _damaged_copy(good, "state", good["state"].read_bytes(), tmp_path)
+    (state.parent / "config.yaml").write_text(text)
+    r = run_cli("train", "--resume", str(state.parent))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"mixconv train: error: {state.parent / 'config.yaml'}" in r.stderr and expected in r.stderr, r.stderr

@@ -210,14 +210,15 @@ def check_overrides(doc: Any, source: str) -> dict[str, Any]:
     return out
 
 
-def make_config(recipe: str | None = "digits", overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """The recipe's settings with ``overrides`` (e.g. command-line flags) on top."""
+def make_config(recipe: str | None = "digits", overrides: Mapping[str, Any] | None = None, *,
+                source: str = "override") -> TrainConfig:
+    """The recipe's settings with ``overrides`` (e.g. command-line flags; errors name ``source``) on top."""
     values = load_recipe(recipe) if recipe else {}
-    values.update(check_overrides(dict(overrides or {}), "override"))
+    values.update(check_overrides(overrides or {}, source))
     try:
         return TrainConfig(**values)
     except ConfigError as e:
-        raise ConfigError(f"{recipe or 'settings'}: {e}") from None
+        raise ConfigError(f"{recipe or source}: {e}") from None
 
 
 def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:

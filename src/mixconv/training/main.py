@@ -233,7 +233,8 @@ def prepare_resume(target: str, overrides: dict[str, Any]) -> tuple[TrainConfig,
     if not config_path.is_file():
         raise CheckpointError(f"--resume {target}: {config_path} is missing; a run directory written by "
                               "`mixconv train` holds it")
-    saved = make_config(None, read_yaml(config_path, "the run's settings (config.yaml)", ConfigError) or {})
+    doc = read_yaml(config_path, "the run's settings (config.yaml)", ConfigError)
+    saved = make_config(None, {} if doc is None else doc, source=str(config_path))
     changes = check_overrides(overrides, "command line")
     conflicts = [k for k, v in changes.items() if k not in RESUME_CHANGEABLE and getattr(saved, k) != v]
     if conflicts:

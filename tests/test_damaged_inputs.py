@@ -286,25 +286,52 @@ def test_yaml_aliases_within_bounds_still_load():
                                    "other": {"stem_channels": 16}}
 
 
-def test_billion_laughs_fails_fast_within_a_memory_limit(good, tmp_path):
-    """In a child process limited to its current address space + 512 MiB, every YAML reader refuses the bomb."""
+def _huge_claims(tmp: Path) -> list[Path]:
+    """Small files whose content claims a huge allocation: a .pth storage of 2**31 elements and a
+    .safetensors header describing a 40 GB tensor."""
+    import re
+    import zipfile
+
+    src = tmp / "small.pth"
+    torch.save({"a": torch.zeros(100)}, src)
+    pth = tmp / "huge.pth"
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(pth, "w") as out:
+        for name in z.namelist():
+            data = z.read(name)
+            if name.endswith("data.pkl"):
+                data, n = re.subn(rb"(X\x03\x00\x00\x00cpuq.)Kdt", b"\\1J\xff\xff\xff\x7ft", data, flags=re.S)
+                assert n == 1
+            out.writestr(name, data)
+    header = b'{"a": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 40000000000]}}'
+    st_file = tmp / "huge.safetensors"
+    st_file.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    return [pth, st_file]
+
+
+def test_bombs_fail_fast_within_a_memory_limit(good, tmp_path):
+    """In a child process limited to its current address space + 512 MiB, every reader refuses the YAML bomb
+    and the files that claim huge tensors, without trying to allocate them."""
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(BILLION_LAUGHS)
+    huge = [str(p) for p in _huge_claims(tmp_path)]
     code = f"""
 import resource
 import mixconv
 from mixconv.training.config import load_recipe
+from mixconv.weights import read_checkpoint
 vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize')][0].split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + 512 * 2**20, vm + 512 * 2**20))
-for read in (mixconv.load_config, load_recipe):
+for read, path in [(mixconv.load_config, {str(bomb)!r}), (load_recipe, {str(bomb)!r})] + [
+        (read_checkpoint, p) for p in {huge!r}]:
     try:
-        read({str(bomb)!r})
-    except mixconv.ConfigError as e:
+        read(path)
+    except (mixconv.ConfigError, mixconv.CheckpointError) as e:
         print('refused:', e)
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("refused:") == 2 and "expands to more than" in r.stdout
+    assert r.stdout.count("refused:") == 4 and r.stdout.count("expands to more than") == 2, r.stdout
+    assert "huge.pth: damaged" in r.stdout and "huge.safetensors: not a readable safetensors file" in r.stdout
 
 
 def test_read_text_bounds_the_size(tmp_path):

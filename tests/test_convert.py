@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 import mixconv
 from mixconv.cli import main
 from mixconv.convert import convert_checkpoint, infer_timm_variant, model_from_checkpoint
+from mixconv.integrity import file_sha256
 from mixconv.weights import CheckpointError, read_checkpoint
 
 from helpers import randomize_bn, rel_err
@@ -23,9 +24,11 @@ def _timm(name: str, **kwargs) -> torch.nn.Module:
 @pytest.mark.parametrize("name,suffix", [("mixnet_m", ".pth"), ("tf_mixnet_s", ".safetensors")])
 def test_round_trip_timm_mixconv_timm(name, suffix, tmp_path):
     ref = _timm(name, num_classes=10).eval()
-    src = tmp_path / f"{name}-0123abcd{suffix}"  # timm's file naming tells mixnet_s from tf_mixnet_s
+    tmp = tmp_path / f"download{suffix}"
     sd = ref.state_dict()
-    torch.save(sd, src) if suffix == ".pth" else save_file({k: v.contiguous() for k, v in sd.items()}, src)
+    torch.save(sd, tmp) if suffix == ".pth" else save_file({k: v.contiguous() for k, v in sd.items()}, tmp)
+    # timm's (torch.hub's) file naming, name-<sha256 prefix>, tells mixnet_s from tf_mixnet_s; the hash is checked
+    src = tmp.rename(tmp_path / f"{name}-{file_sha256(tmp)[:8]}{suffix}")
     mid = tmp_path / "mixconv.safetensors"
     res = convert_checkpoint(src, mid)
     assert res.direction == "timm->mixconv" and res.model_name == name and res.num_classes == 10

@@ -60,9 +60,9 @@ def test_unreadable_images_are_named(checkpoint, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 nope")
     r = run_cli("predict", str(bad), str(good), "--checkpoint", checkpoint)
-    assert r.returncode == 0
-    assert "skipping unreadable image" in r.stderr and "bad.jpg" in r.stderr
-    assert "good.png: " in r.stdout
+    assert r.returncode == 1  # every image is tried; the exit status says one failed
+    assert "skipping unreadable image" in r.stderr and "bad.jpg: not a readable image" in r.stderr
+    assert "good.png: " in r.stdout and "bad.jpg: unreadable" in r.stdout
     r = run_cli("predict", str(bad), "--checkpoint", checkpoint)
     assert r.returncode == 1
 
@@ -71,6 +71,6 @@ def test_predict_errors(checkpoint, tmp_path):
     r = run_cli("predict", "x.png", "--checkpoint", checkpoint, "--top-k", "0")
     assert r.returncode == 2 and "--top-k" in r.stderr
     r = run_cli("predict", "x.png", "--checkpoint", str(tmp_path / "missing.safetensors"))
-    assert r.returncode == 2 and "no such checkpoint file" in r.stderr
+    assert r.returncode == 2 and "no such file" in r.stderr
     r = run_cli("predict", "--checkpoint", checkpoint)
     assert r.returncode == 2 and "IMAGE" in r.stderr

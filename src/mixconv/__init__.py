@@ -1,5 +1,6 @@
 """mixconv: MixConv (mixed depthwise convolution) and the MixNet family for PyTorch."""
 from .config import ConfigError, load_config, save_config
+from .inputs import MixconvInputError
 from .layers import (
     ConvNormAct,
     DropPath,
@@ -56,5 +57,5 @@ __all__ = [
     "get_model_def", "grouped_conv1x1", "list_models", "load_config", "load_pretrained", "optimize_for_inference", "save_checkpoint",
     "save_config", "split_channels",
     "ExportCheck", "ExportError", "convert_checkpoint", "detection_backbone", "export_onnx", "export_program",
-    "export_torchscript", "mixify", "model_from_checkpoint",
+    "export_torchscript", "mixify", "model_from_checkpoint", "MixconvInputError",
 ]

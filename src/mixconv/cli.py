@@ -12,11 +12,11 @@ from .commands import info as info_cmd
 from .commands import predict as predict_cmd
 from .commands import train as train_cmd
 from .commands import validate as validate_cmd
-from .config import ConfigError
+from .commands import verify as verify_cmd
+from .inputs import MixconvInputError
 from .models.registry import UnknownModelError
-from .weights import CheckpointError
 
-COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd, benchmark_cmd)
+COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd, benchmark_cmd, verify_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, UnknownModelError) as e:
+    except (MixconvInputError, UnknownModelError) as e:  # ConfigError, CheckpointError: damaged or wrong input
         print(f"mixconv {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .inputs import MixconvInputError, read_yaml, short_repr
 from .layers.activations import ACTIVATION_NAMES
 from .layers.padding import PADDING_MODES
 from .models.builder import scaled_repeats
@@ -25,8 +26,8 @@ STAGE_FIELDS = (
 PARAM_FIELDS = ("stem_channels", "wid_mul", "dep_mul", "dropout_rate", "padding", "bn_eps", "num_features")
 
 
-class ConfigError(ValueError):
-    """A model config that does not match the schema."""
+class ConfigError(MixconvInputError):
+    """A model config (or training setting) that cannot be read or does not match the schema."""
 
 
 def _where(source: str, stage: int | None, field: str) -> str:
@@ -37,7 +38,7 @@ def _where(source: str, stage: int | None, field: str) -> str:
 
 
 def _fail(source: str, stage: int | None, field: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"{_where(source, stage, field)}: got {value!r}; expected {expected}")
+    return ConfigError(f"{_where(source, stage, field)}: got {short_repr(value)}; expected {expected}")
 
 
 def _is_int(v: Any) -> bool:
@@ -176,15 +177,7 @@ def spec_from_dict(doc: Any, source: str = "<config>") -> MixNetSpec:
 
 def load_config(path: str | Path) -> MixNetSpec:
     """Read a MixNet YAML file into a :class:`MixNetSpec`; any problem raises :class:`ConfigError`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    doc = read_yaml(path, "a MixNet model config (YAML)", ConfigError)
     return spec_from_dict(doc, str(path))
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-import yaml
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import spec_from_dict
+from .inputs import load_yaml
 from .models.factory import create_model
 from .models.registry import get_model_def, list_models
 from .weights import (
@@ -34,6 +33,7 @@ from .weights import (
     read_checkpoint,
     save_checkpoint,
     timm_to_mixconv,
+    write_safetensors,
 )
 
 TIMM_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -129,10 +129,8 @@ def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, 
         if model is not None:
             net = create_model(model, num_classes=num_classes, in_chans=in_chans)
         elif meta.get("config"):
-            try:
-                spec = spec_from_dict(yaml.safe_load(meta["config"]), f"{path} (header 'config')")
-            except yaml.YAMLError as e:
-                raise CheckpointError(f"{path}: the header's 'config' is not valid YAML ({e})") from None
+            source = f"{path} (header 'config')"
+            spec = spec_from_dict(load_yaml(meta["config"], source, CheckpointError), source)
             net = create_model(spec, num_classes=num_classes, in_chans=in_chans)
         elif meta.get("model_name") in list_models():
             net = create_model(meta["model_name"], num_classes=num_classes, in_chans=in_chans)
@@ -156,16 +154,15 @@ def save_model_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str
     name = str(getattr(model, "model_name", ""))
     if name not in list_models():
         raise CheckpointError(f"cannot describe {type(model).__name__} in a checkpoint: no spec and no registered name")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": MIXCONV_FORMAT, "model_name": name, "num_classes": str(getattr(model, "num_classes", 0)),
             "in_chans": str(getattr(model, "in_chans", 3)), "extra": json.dumps(dict(extra or {}))}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return write_safetensors(model.state_dict(), path, meta)
 
 
 def _save_state_dict(sd: Mapping[str, torch.Tensor], path: Path) -> Path:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     if path.suffix == ".safetensors":
-        return atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        return write_safetensors(sd, path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 
 

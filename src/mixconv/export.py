@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import load_onnx, onnx_session
 from .layers.conv2d_same import Conv2dSame
 from .layers.padding import same_pad_amount
 from .weights import atomic_write
@@ -231,7 +232,7 @@ def export_onnx(
         return None
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)  # read back from disk: damage there is one clear error naming the file
 
     def run(x: torch.Tensor) -> list[torch.Tensor]:
         return [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
@@ -316,9 +317,7 @@ def export_model(model: nn.Module, path: str | Path, format: str, **opts: Any) -
 
 def onnx_op_counts(path: str | Path) -> dict[str, int]:
     """Node counts per op type of an ONNX file's main graph (sorted by op type)."""
-    import onnx
-
     counts: dict[str, int] = {}
-    for node in onnx.load(str(path)).graph.node:
+    for node in load_onnx(path, check=False).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))

@@ -19,44 +19,88 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .inputs import MixconvInputError, check_file
+from .integrity import HASH_FIELD, HashCheck, hub_check, recorded_check, tensors_sha256
+
 MIXCONV_FORMAT = "mixconv/1"
 _NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message says what is wrong."""
+class CheckpointError(MixconvInputError):
+    """A checkpoint that cannot be read, is corrupted, or does not fit the model; the message says what is wrong."""
+
+
+CHECKPOINT_EXPECTED = "a checkpoint (.safetensors, or a state dict saved with torch.save as .pth/.pt)"
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a (legacy) pickle's PROTO opcode
 
 
 def read_checkpoint(path: str | Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a state dict and its metadata from ``.safetensors`` or a (possibly nested) ``.pth``/``.pt`` file.
 
     Returns ``(state_dict, metadata)``; ``metadata`` is the safetensors header metadata (empty for ``.pth``).
-    ``use_ema`` prefers ``state_dict_ema`` in a training checkpoint that has one.
+    ``use_ema`` prefers ``state_dict_ema`` in a training checkpoint that has one. The file's hashes are checked
+    (see :mod:`mixconv.integrity`): a torch.hub-style ``name-<sha256 prefix>.pth`` and the ``tensors_sha256``
+    a mixconv checkpoint records; a mismatch raises :class:`CheckpointError` saying it is corrupted.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    path = check_file(path, CHECKPOINT_EXPECTED, CheckpointError)
+    _raise_if_corrupted(path, hub_check(path))
     if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = dict(f.metadata() or {})
-                sd = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-        return sd, meta
+        sd, meta = read_safetensors(path)
+    else:
+        sd, meta = unnest_state_dict(load_torch_file(path, CHECKPOINT_EXPECTED), path, use_ema), {}
+    _raise_if_corrupted(path, recorded_check(sd, meta))
+    return sd, meta
+
+
+def _raise_if_corrupted(path: Path, check: HashCheck | None) -> None:
+    if check is not None and not check.ok:
+        raise CheckpointError(check.describe(path))
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a checked ``.safetensors`` file (its hashes are not checked here)."""
+    path = check_file(path, "a .safetensors file", CheckpointError)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for damaged headers and data
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); expected an 8-byte header size, a "
+                              "JSON header and the tensor data it describes") from None
+    return sd, meta
+
+
+def load_torch_file(path: str | Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of a checked file: no code runs, and damage is one clear error."""
+    path = check_file(path, what, CheckpointError)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        raise CheckpointError(f"{path}: not a PyTorch file (it starts with {head!r}, not a zip archive or a "
+                              f"pickle); expected {what}")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused: the file holds pickled objects other than tensors (it could run code when "
-            f"loaded); re-save it as a plain state dict or as .safetensors. Detail: {str(e).splitlines()[0]}"
-        ) from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
-    return _unnest(obj, path, use_ema), {}
+        detail = next((line for line in str(e).splitlines()[1:] if line.strip() and "file an issue" not in line),
+                      str(e).splitlines()[0] if str(e) else "")
+        if "global" in detail.lower():
+            raise CheckpointError(
+                f"{path}: refused: the file holds pickled objects other than tensors (it could run code when "
+                f"loaded); re-save it as a plain state dict or as .safetensors. Detail: {detail.strip()}"
+            ) from None
+        raise CheckpointError(f"{path}: refused: damaged, or a pickle that cannot be read without running code "
+                              f"({detail.strip()}); expected {what}") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: damaged: it asks for more memory than there is; expected {what}") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... for damaged archives
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: damaged or truncated PyTorch file ({type(e).__name__}: {first}); "
+                              f"expected {what}") from None
 
 
-def _unnest(obj: Any, path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
+def unnest_state_dict(obj: Any, path: Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint object: nested under ``state_dict``/``model``/... or not, ``module.``
+    prefixes stripped."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
     order = ("state_dict_ema", "model_ema") + _NESTED_KEYS if use_ema else _NESTED_KEYS
@@ -270,11 +314,11 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any]
     """Write ``model``'s weights as a self-describing safetensors checkpoint (atomically).
 
     The header metadata holds the architecture as YAML, the model name, classes and input channels, and
-    ``extra`` (JSON-encoded), so the file alone rebuilds the model.
+    ``extra`` (JSON-encoded), so the file alone rebuilds the model, and the sha256 of the tensors, checked
+    whenever the file is read.
     """
     from .config import config_to_yaml
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {
         "format": MIXCONV_FORMAT,
         "config": config_to_yaml(model.spec),
@@ -283,4 +327,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any]
         "in_chans": str(getattr(model, "in_chans", 3)),
         "extra": json.dumps(dict(extra or {})),
     }
+    return write_safetensors(model.state_dict(), path, meta)
+
+
+def write_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path,
+                      metadata: Mapping[str, str] | None = None) -> Path:
+    """Write tensors (contiguous, on CPU) as ``.safetensors`` atomically, recording their
+    :func:`~mixconv.integrity.tensors_sha256` in the header (``tensors_sha256``)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    meta = {**dict(metadata or {}), HASH_FIELD: tensors_sha256(tensors)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))

@@ -34,9 +34,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         for r in results:
             if "error" in r:
-                print(f"{r['image']}: unreadable ({r['error']})")
+                print(f"{r['image']}: unreadable")  # the reason is on stderr
                 continue
             tops = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
             print(f"{r['image']}: {tops}")
-    ok = sum("error" not in r for r in results)
-    return 0 if ok else 1
+    return 1 if any("error" in r for r in results) else 0  # every image was tried; exit 1 if any failed

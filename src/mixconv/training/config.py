@@ -14,9 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import yaml
-
 from ..config import ConfigError
+from ..inputs import read_yaml, short_repr
 
 OPTIMIZERS = ("sgd", "rmsproptf", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -138,11 +137,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{source}: {name}: got None; a value is required")
-    bad = ConfigError(f"{source}: {name}: got {value!r}; expected {getattr(hint, '__name__', str(hint))}")
+    bad = ConfigError(f"{source}: {name}: got {short_repr(value)}; expected {getattr(hint, '__name__', str(hint))}")
     if typing.get_origin(hint) is tuple:
         n = len(typing.get_args(hint))
         if not isinstance(value, (list, tuple)) or len(value) != n:
-            raise ConfigError(f"{source}: {name}: got {value!r}; expected a list of {n} numbers")
+            raise ConfigError(f"{source}: {name}: got {short_repr(value)}; expected a list of {n} numbers")
         return tuple(_coerce_scalar(float, v, bad) for v in value)
     return _coerce_scalar(hint, value, bad)
 
@@ -175,8 +174,8 @@ def recipe_names() -> list[str]:
 def find_recipe(name_or_path: str) -> Path:
     """A shipped recipe name (``digits``, ``tf-mixnet``, ...) or a path to a YAML file."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path  # reading it says what is wrong with a directory or an unreadable file
     candidate = resources.files("mixconv.recipes") / f"{name_or_path}.yaml"
     if candidate.is_file():
         return Path(str(candidate))
@@ -189,10 +188,7 @@ def find_recipe(name_or_path: str) -> Path:
 def load_recipe(name_or_path: str) -> dict[str, Any]:
     """Read a recipe into checked ``{field: value}`` pairs (not yet a config: CLI flags come on top)."""
     path = find_recipe(name_or_path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    doc = read_yaml(path, "a training recipe (a YAML mapping of settings)", ConfigError)
     if doc is None:
         return {}
     return check_overrides(doc, str(path))
@@ -214,14 +210,15 @@ def check_overrides(doc: Any, source: str) -> dict[str, Any]:
     return out
 
 
-def make_config(recipe: str | None = "digits", overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """The recipe's settings with ``overrides`` (e.g. command-line flags) on top."""
+def make_config(recipe: str | None = "digits", overrides: Mapping[str, Any] | None = None, *,
+                source: str = "override") -> TrainConfig:
+    """The recipe's settings with ``overrides`` (e.g. command-line flags; errors name ``source``) on top."""
     values = load_recipe(recipe) if recipe else {}
-    values.update(check_overrides(dict(overrides or {}), "override"))
+    values.update(check_overrides(overrides or {}, source))
     try:
         return TrainConfig(**values)
     except ConfigError as e:
-        raise ConfigError(f"{recipe or 'settings'}: {e}") from None
+        raise ConfigError(f"{recipe or source}: {e}") from None
 
 
 def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:

@@ -17,6 +17,7 @@ from torchvision import datasets, tv_tensors
 from torchvision.transforms import v2
 
 from ..config import ConfigError
+from ..inputs import MixconvInputError, check_dir, open_image
 
 DIGITS_SIZE = 64  # the 8x8 digits are upsampled once to this, so crops are not confined to an 8-pixel grid
 
@@ -127,25 +128,31 @@ class DigitsDataset(Dataset):
 class SafeImageFolder(datasets.ImageFolder):
     """An ImageFolder whose unreadable images are skipped (``None``) with a warning naming the file."""
 
+    def __init__(self, root: str, transform: Callable | None = None) -> None:
+        super().__init__(root, transform=transform, loader=open_image)
+
     def __getitem__(self, i: int) -> tuple[Any, int] | None:
         path, target = self.samples[i]
         try:
             img = self.loader(path)
             if self.transform is not None:
                 img = self.transform(img)
-        except Exception as e:  # PIL raises many types for truncated/corrupt files; the file is what matters
+        except MixconvInputError as e:  # the message names the file and the damage
+            print(f"warning: skipping unreadable image {e}", file=sys.stderr, flush=True)
+            return None
+        except Exception as e:  # a transform failing on an odd (e.g. 1-pixel) image
             print(f"warning: skipping unreadable image {path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             return None
         return img, target
 
 
 def open_image_folder(root: Path, transform: Callable) -> SafeImageFolder:
-    if not root.is_dir():
-        raise ConfigError(f"{root}: no such directory; expected an ImageFolder (one sub-folder of images per class)")
+    expected = "an ImageFolder (one sub-folder of images per class)"
+    check_dir(root, expected, ConfigError)
     try:
         return SafeImageFolder(str(root), transform=transform)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise ConfigError(f"{root}: not a usable ImageFolder ({e})") from None
+    except (OSError, RuntimeError) as e:  # no class folders, no images, or a sub-folder that cannot be listed
+        raise ConfigError(f"{root}: not a usable ImageFolder ({e}); expected {expected}") from None
 
 
 def build_dataset(data: str, split: str, transform: Callable, val_fraction: float = 0.2) -> Dataset:
@@ -155,9 +162,7 @@ def build_dataset(data: str, split: str, transform: Callable, val_fraction: floa
     """
     if data == "digits":
         return DigitsDataset(split, transform, val_fraction)
-    root = Path(data)
-    if not root.is_dir():
-        raise ConfigError(f"--data {data}: no such directory; expected 'digits' or an ImageFolder root with train/ and val/")
+    root = check_dir(data, "'digits' or an ImageFolder root with train/ and val/", ConfigError)
     sub = root / split
     if split == "train" and not (sub.is_dir() and (root / "val").is_dir()):
         raise ConfigError(f"--data {data}: no {'train' if not sub.is_dir() else 'val'}/ folder; expected an "

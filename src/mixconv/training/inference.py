@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError
+from ..inputs import MixconvInputError, open_image
 from ..models import create_model
 from ..models.factory import resolve_model_name
 from ..weights import CheckpointError, is_timm_state_dict, load_pretrained, read_checkpoint
@@ -90,6 +91,9 @@ def evaluate(checkpoint: str | Path, *, model: Optional[str] = None, data: Optio
     start = time.perf_counter()
     stats = evaluate_loader(net, loader, DistInfo(device=dev), amp, channels_last, desc="validate")
     seconds = time.perf_counter() - start
+    if stats.images == 0:
+        raise MixconvInputError(f"--data {data}: none of its {stats.skipped} images could be read (see the warnings "
+                                "above); expected readable image files")
     return {"top1": stats.top1, "top5": stats.top5, "loss": stats.loss,
             "images_per_s": stats.images / seconds if seconds > 0 else 0.0, "images": stats.images,
             "skipped_images": stats.skipped, "checkpoint": str(checkpoint), "data": data}
@@ -136,8 +140,6 @@ def predict(images: Sequence[str | Path], checkpoint: str | Path, *, model: Opti
             img_size: Optional[int] = None, crop_pct: Optional[float] = None,
             interpolation: Optional[str] = None) -> list[dict[str, Any]]:
     """Top-k classes with probabilities per image; unreadable images are reported with an ``error``."""
-    from PIL import Image
-
     loaded = load_model(checkpoint, model, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
     transform = eval_transform(loaded.preprocess)
     n_classes = getattr(loaded.model, "num_classes", 0)
@@ -145,11 +147,10 @@ def predict(images: Sequence[str | Path], checkpoint: str | Path, *, model: Opti
     out = []
     for path in images:
         try:
-            with Image.open(path) as im:
-                x = transform(im.convert("RGB")).unsqueeze(0)
-        except Exception as e:  # PIL's errors for missing/corrupt files vary; the file name is what matters
-            print(f"warning: skipping unreadable image {path}: {type(e).__name__}: {e}", file=sys.stderr)
-            out.append({"image": str(path), "error": f"{type(e).__name__}: {e}"})
+            x = transform(open_image(path)).unsqueeze(0)
+        except MixconvInputError as e:  # the message names the file and the damage
+            print(f"warning: skipping unreadable image {e}", file=sys.stderr)
+            out.append({"image": str(path), "error": str(e)})
             continue
         probs = loaded.model(x).float().softmax(dim=1)[0]
         p, idx = probs.topk(min(top_k, probs.numel()))

@@ -19,6 +19,8 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..config import ConfigError
+from ..inputs import read_yaml
 from ..models import create_model
 from ..models.factory import resolve_model_name
 from ..weights import CheckpointError, atomic_write, load_pretrained
@@ -242,7 +244,8 @@ def resumed_config(out_dir: Path, overrides: dict[str, Any], label: str) -> Trai
     if not config_path.is_file():
         raise CheckpointError(f"{label}: {config_path} is missing; a run directory written by "
                               "`mixconv train` holds it")
-    saved = make_config(None, yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
+    doc = read_yaml(config_path, "the run's settings (config.yaml)", ConfigError)
+    saved = make_config(None, {} if doc is None else doc, source=str(config_path))
     changes = check_overrides(overrides, "command line")
     conflicts = [k for k, v in changes.items() if k not in RESUME_CHANGEABLE and getattr(saved, k) != v]
     if conflicts:

@@ -14,11 +14,9 @@ file. The files of one checkpoint are written in full first and renamed into pla
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import pickle
 import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,11 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..weights import CheckpointError, atomic_write, read_checkpoint, save_checkpoint
+from ..integrity import HASH_FIELD, nested_tensors, recorded_check, tensors_sha256
+from ..weights import CheckpointError, atomic_write, load_torch_file, read_checkpoint, save_checkpoint
 from .errors import writing
 
 STATE_FORMAT = "mixconv-train/1"
 STATE_SUFFIX = ".state.pt"
+STATE_KEYS = ("epoch", "best_top1", "best_epoch", "history", "model", "optimizer", "scheduler", "rng")
 
 
 def checkpoint_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
@@ -71,8 +71,10 @@ def _tuplify(x: Any) -> Any:
 
 def save_state(path: Path, state: Mapping[str, Any]) -> Path:
     """Write the resume state atomically."""
+    payload = {"format": STATE_FORMAT, **state}
+    payload[HASH_FIELD] = tensors_sha256(nested_tensors(payload))  # checked by load_state
     buf = io.BytesIO()
-    torch.save({"format": STATE_FORMAT, **state}, buf)
+    torch.save(payload, buf)
     # Written by Python (not torch.save's C++ writer) so that a full disk raises OSError(ENOSPC), not a
     # RuntimeError about stream positions.
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getbuffer()))
@@ -113,28 +115,22 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
     A multi-process run records each rank's value for its final weights in ``summary.json``.
     """
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+    return tensors_sha256(state_dict)
 
 
 def load_state(path: Path) -> dict[str, Any]:
     """Read a resume state with ``weights_only=True`` (no code runs)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no training state file; expected the {STATE_SUFFIX} file written next to "
-                              "last.safetensors by `mixconv train`")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain containers "
-                              f"({str(e).splitlines()[0]})") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable training state ({e})") from None
+    state = load_torch_file(path, f"the training state ({STATE_SUFFIX}) written next to last.safetensors by "
+                                  "`mixconv train`")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a mixconv training state (format {STATE_FORMAT} expected)")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: damaged training state: no {', '.join(missing)}; expected "
+                              f"{', '.join(STATE_KEYS)}")
+    check = recorded_check(nested_tensors(state), state)  # states written before the hash existed: unchecked
+    if check is not None and not check.ok:
+        raise CheckpointError(check.describe(path))
     return state
 
 
@@ -174,9 +170,8 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
 
 def model_from_checkpoint(path: str | Path, num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a mixconv checkpoint describes and load its weights."""
-    import yaml
-
     from ..config import spec_from_dict
+    from ..inputs import load_yaml
     from ..models import create_model
     from ..weights import load_pretrained
 
@@ -185,7 +180,7 @@ def model_from_checkpoint(path: str | Path, num_classes: int | None = None) -> t
         raise CheckpointError(f"{path}: not a self-describing mixconv checkpoint (no model config in it); pass "
                               "--model NAME|YAML as well")
     name = extra.get("model_name", "")
-    spec = spec_from_dict(yaml.safe_load(extra["config_yaml"]), str(path))
+    spec = spec_from_dict(load_yaml(extra["config_yaml"], f"{path} (header 'config')", CheckpointError), str(path))
     n = int(extra.get("num_classes", 0)) if num_classes is None else num_classes
     model = create_model(spec, num_classes=n, in_chans=int(extra.get("in_chans", 3)))
     model.model_name = name or getattr(model, "model_name", "custom")

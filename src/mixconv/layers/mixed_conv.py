@@ -49,6 +49,14 @@ DEFAULT_IMPL: dict[tuple[tuple[int, ...], int, int], str] = {
 }
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would run a conv on ``x`` in (``None`` where autocast is off for ``x``'s device)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
 class _MergedMixConv(torch.autograd.Function):
     """A MixConv as one depthwise conv with zero-padded kernels, forward and input gradient; the weight gradient
     per channel group at the group's own kernel size (the merged kernel's zero taps get no gradient computed).
@@ -59,9 +67,19 @@ class _MergedMixConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, mod: "MixConv2d", *params: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         weight, bias = mod.merged_weight(), mod.merged_bias()
-        ctx.mod = mod
+        # Under autocast, cast as autocast casts F.conv2d's operands, then save exactly the tensors the conv
+        # used: the backward's aten.convolution_backward is no autocast op, and mixed dtypes there work only
+        # where oneDNN has native bf16 (avx512_bf16/AMX); AVX2-only CPUs raise "expected scalar type BFloat16".
+        ctx.mod, ctx.in_dtype = mod, x.dtype
+        dtype = autocast_dtype(x)
+        if dtype is not None:
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
         ctx.save_for_backward(x, weight)
-        return F.conv2d(x, weight, bias, mod.stride, mod.merged_padding, mod.dilation, mod.in_channels)
+        if dtype is None:
+            return F.conv2d(x, weight, bias, mod.stride, mod.merged_padding, mod.dilation, mod.in_channels)
+        with torch.autocast(x.device.type, enabled=False):  # already cast
+            return F.conv2d(x, weight, bias, mod.stride, mod.merged_padding, mod.dilation, mod.in_channels)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -69,6 +87,7 @@ class _MergedMixConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         mod: MixConv2d = ctx.mod
         s, d, p = mod.stride, mod.dilation, mod.merged_padding
+        grad = grad.to(x.dtype)  # the output's dtype; a hook or a user may hand back another
         grad_x, _, grad_b = torch.ops.aten.convolution_backward(
             grad, x, weight, None, [s, s], [p, p], [d, d], False, [0, 0], mod.in_channels,
             [ctx.needs_input_grad[0], False, mod.has_bias],
@@ -84,15 +103,17 @@ class _MergedMixConv(torch.autograd.Function):
             if pad < 0:  # pre-padded input: crop to the group's own padding
                 xs = xs[:, :, -pad:xs.shape[2] + pad, -pad:xs.shape[3] + pad]
                 pad = 0
+            # Only the weight's shape and dtype matter here (the conv's dtype; the gradient returns in the
+            # parameter's).
             gw = torch.ops.aten.convolution_backward(
-                gs.contiguous(memory_format=fmt), xs.contiguous(memory_format=fmt), conv.weight, None, [s, s],
-                [pad, pad], [d, d], False, [0, 0], size, [False, True, False],
+                gs.contiguous(memory_format=fmt), xs.contiguous(memory_format=fmt), conv.weight.to(x.dtype), None,
+                [s, s], [pad, pad], [d, d], False, [0, 0], size, [False, True, False],
             )[1]
-            grads.append(gw)
+            grads.append(gw.to(conv.weight.dtype))
             if mod.has_bias:
-                grads.append(grad_b[start:start + size])
+                grads.append(grad_b[start:start + size].to(conv.weight.dtype))
             start += size
-        return (grad_x, None, *grads)
+        return (grad_x.to(ctx.in_dtype) if grad_x is not None else None, None, *grads)
 
 
 def split_channels(channels: int, num_groups: int, split: str = "equal") -> tuple[int, ...]:

@@ -113,18 +113,42 @@ def test_autocast_training_step_fast_paths_as_accurate_as_plain(tiny_fast, dtype
     assert errs[0] <= 2 * errs[1] + 1e-3, errs
 
 
+@pytest.mark.parametrize("dtype", LOW, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("impl", ["split", "merged"])
+def test_emulated_autocast_runs_the_depthwise_convs_in_float32(monkeypatch, dtype, impl):
+    """Without native support for the autocast dtype, MixConv computes in float32 and returns the autocast
+    dtype (ATen's low-precision depthwise fallback loops over channels); with it, in the autocast dtype."""
+    torch.manual_seed(0)
+    mod = MixConv2d(12, (3, 5, 7), 2, padding="same", impl=impl).train()
+    x = torch.randn(2, 12, 11, 10)
+    with torch.no_grad():
+        ref32 = mod(x)
+    for force, expect_float32 in (("avx2", True), ("native", False)):
+        monkeypatch.setenv(capability.FORCE_ENV, force)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            y = mod(xi)
+        assert y.dtype == dtype
+        assert torch.equal(y, ref32.to(dtype)) == expect_float32
+        y.float().sum().backward()
+        assert xi.grad.dtype == torch.float32 and all(p.grad.dtype == torch.float32 for p in mod.parameters())
+        mod.zero_grad()
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the AVX2 limit is x86-64's")
-def test_avx2_only_cpu_in_a_subprocess():
-    """oneDNN and ATen limited to AVX2 (no native bf16) in a subprocess: the autocast tests above and a bf16
-    training step of the merged MixConv pass there (they raised 'expected scalar type BFloat16' before)."""
-    env = {**os.environ, **AVX2_ENV, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    probe = ("import torch; from mixconv import capability as c; "
-             "print(torch.backends.cpu.get_cpu_capability(), torch.ops.mkldnn._is_mkldnn_bf16_supported())")
+@pytest.mark.parametrize("force", ["native", "avx2"])
+def test_avx2_only_cpu_in_a_subprocess(force):
+    """oneDNN and ATen limited to AVX2 (no native bf16) in a subprocess: the autocast tests above pass there,
+    with the low-precision convs really emulated (forced "native": the merged MixConv's backward raised
+    'expected scalar type BFloat16' there before) and with the float32 fallback (the capability's answer)."""
+    env = {**os.environ, **AVX2_ENV, capability.FORCE_ENV: force,
+           "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.ops.mkldnn._is_mkldnn_bf16_supported())"
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.split() == ["AVX2", "False"], r.stdout + r.stderr
-    tests = f"{__file__}::test_autocast_merged_mixconv_equals_split"
-    step = f"{__file__}::test_autocast_training_step_fast_paths_as_accurate_as_plain"
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", tests, step],
+    tests = [f"{__file__}::test_autocast_merged_mixconv_equals_split",
+             f"{__file__}::test_autocast_training_step_fast_paths_as_accurate_as_plain"]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
                        capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert re.search(r"\b18 passed", r.stdout), r.stdout[-500:]

@@ -115,15 +115,20 @@ def has_native_fp16() -> bool:
     return cpu_info().native_fp16
 
 
+def runs_emulated(dtype: torch.dtype, device: str | torch.device = "cpu") -> bool:
+    """Whether ``dtype`` is bfloat16/float16 on a CPU without native support for it (so it runs emulated)."""
+    if dtype not in (torch.bfloat16, torch.float16) or torch.device(device).type != "cpu":
+        return False
+    info = cpu_info()
+    return not (info.native_bf16 if dtype == torch.bfloat16 else info.native_fp16)
+
+
 def emulated_precision(dtype: torch.dtype, device: str | torch.device = "cpu") -> str | None:
     """Why ``dtype`` will be slow on ``device``: a sentence where it is bfloat16/float16 on a CPU that has no
     native support for it, else ``None`` (float32, other devices, or native support)."""
-    if torch.device(device).type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+    if not runs_emulated(dtype, device):
         return None
     info = cpu_info()
-    native = info.native_bf16 if dtype == torch.bfloat16 else info.native_fp16
-    if native:
-        return None
     name = "bfloat16" if dtype == torch.bfloat16 else "float16"
     return (f"this CPU has no native {name} ({info.describe()}); {name} convolutions and matmuls run emulated, "
             f"typically several times slower than float32 (use float32 here)")

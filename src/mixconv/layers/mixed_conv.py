@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capability import runs_emulated
 from .conv2d_same import create_conv2d
 from .padding import check_padding_mode, is_static_same, pad_same, symmetric_padding
 
@@ -254,6 +255,23 @@ class MixConv2d(nn.Module):
         return torch.cat(out, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # TorchScript (eval/export only) runs no autocast
+            dtype = autocast_dtype(x)
+            if dtype is not None and runs_emulated(dtype, x.device):
+                return self.forward_float32(x, dtype)
+        return self.forward_impl(x)
+
+    @torch.jit.unused
+    def forward_float32(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Autocast to a ``dtype`` this CPU has no native support for: the depthwise convs run in float32, the
+        result is cast to ``dtype``. Why: oneDNN then has no low-precision depthwise kernel, and ATen's fallback
+        (``_slow_conv2d``) loops over the channels one by one: a MixNet-S bf16 training step at batch 2, 32 px
+        took 193 s with ``ONEDNN_MAX_CPU_ISA=AVX2`` on this project's Xeon (97% in ``_slow_conv2d``)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.forward_impl(x.float()).to(dtype)
+
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward in the input's dtype: the merged conv in training where ``impl`` says so, else split."""
         if len(self.split_sizes) == 1:
             return self.convs[0](x)
         # Eval mode runs the reference computation: FLOP counters then see the logical MACs (not the zero taps),

@@ -91,9 +91,8 @@ def test_validate_errors(trained, tmp_path):
     other = make_image_folder(tmp_path / "other", classes=(0,), n_train=1, n_val=1)
     r = run_cli("validate", "--checkpoint", last, "--data", str(other))
     assert r.returncode == 2 and "digit0 are not among the checkpoint's classes" in r.stderr
-    if not torch.cuda.is_available():
-        r = run_cli("validate", "--checkpoint", last, "--amp", "fp16")
-        assert r.returncode == 2 and "fp16 needs CUDA" in r.stderr
+    r = run_cli("validate", "--checkpoint", last, "--amp", "fp16")  # fp16 autocast on CPU too
+    assert r.returncode == 0 and "top1" in r.stdout, r.stderr
     r = run_cli("validate")
     assert r.returncode == 2 and "--checkpoint" in r.stderr
     r = run_cli("validate", "--checkpoint", last, "--batch-size", "0")

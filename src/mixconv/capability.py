@@ -8,9 +8,14 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 
 import torch
+
+class LowPrecisionWarning(UserWarning):
+    """bf16/fp16 was asked for on a CPU without hardware for it: it runs emulated, often slower than float32."""
+
 
 # Set to "avx2" (no native bf16, no VNNI/AMX) or "native" (all of them) to force the answers below in tests.
 FORCE_ENV = "MIXCONV_FORCE_CPU"
@@ -103,3 +108,38 @@ def has_native_bf16() -> bool:
 def has_int8_dot() -> bool:
     """Whether int8 GEMMs/convs have dot-product units here (else int8 is no faster than fp32)."""
     return cpu_info().int8_dot
+
+
+def has_native_fp16() -> bool:
+    """Whether fp16 convolutions and matmuls run in hardware here (else they are emulated)."""
+    return cpu_info().native_fp16
+
+
+def runs_emulated(dtype: torch.dtype, device: str | torch.device = "cpu") -> bool:
+    """Whether ``dtype`` is bfloat16/float16 on a CPU without native support for it (so it runs emulated)."""
+    if dtype not in (torch.bfloat16, torch.float16) or torch.device(device).type != "cpu":
+        return False
+    info = cpu_info()
+    return not (info.native_bf16 if dtype == torch.bfloat16 else info.native_fp16)
+
+
+def emulated_precision(dtype: torch.dtype, device: str | torch.device = "cpu") -> str | None:
+    """Why ``dtype`` will be slow on ``device``: a sentence where it is bfloat16/float16 on a CPU that has no
+    native support for it, else ``None`` (float32, other devices, or native support)."""
+    if not runs_emulated(dtype, device):
+        return None
+    info = cpu_info()
+    name = "bfloat16" if dtype == torch.bfloat16 else "float16"
+    return (f"this CPU has no native {name} ({info.describe()}); {name} convolutions and matmuls run emulated, "
+            f"typically several times slower than float32 (use float32 here)")
+
+
+def warn_emulated_precision(dtype: torch.dtype, device: str | torch.device = "cpu", what: str = "",
+                            stacklevel: int = 2) -> str | None:
+    """Warn (:class:`LowPrecisionWarning`) where :func:`emulated_precision` says ``dtype`` is emulated; returns
+    the message (``None`` when there is nothing to warn about). ``what`` names the caller's setting."""
+    msg = emulated_precision(dtype, device)
+    if msg is not None:
+        msg = f"{what}: {msg}" if what else msg
+        warnings.warn(msg, LowPrecisionWarning, stacklevel=stacklevel + 1)
+    return msg

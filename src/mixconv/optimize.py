@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .capability import warn_emulated_precision
 from .layers.conv2d_same import Conv2dSame
 from .layers.conv_norm_act import ConvNormAct
 from .layers.mixed_conv import MixConv2d
@@ -256,7 +257,9 @@ def optimize_for_inference(
       split or concat is left; grouped 1x1 convs already are one conv;
     - activations run in NHWC (channels_last); squeeze-excite works on the pooled vector;
     - ``dtype`` (e.g. ``torch.bfloat16``) computes in that dtype; the model still takes the caller's float32
-      input and a classifier still returns float32 logits (feature maps come out in ``dtype``).
+      input and a classifier still returns float32 logits (feature maps come out in ``dtype``). On a CPU
+      without native support for a bfloat16/float16 ``dtype`` (see :mod:`mixconv.capability`) this warns with
+      :class:`~mixconv.capability.LowPrecisionWarning`: it runs emulated, slower than float32.
 
     The state dict (keys, shapes, values) and the parameter count stay those of ``model``; the folded weights
     are non-persistent buffers. Calling ``.train()`` on the result raises. ``example_input``, when given, is run
@@ -267,6 +270,8 @@ def optimize_for_inference(
     dtype = dtype or next(model.parameters()).dtype
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype}")
+    # A capability check, not a timing: the user asked for this dtype, so it is kept, but said to be slow.
+    warn_emulated_precision(dtype, next(model.parameters()).device, f"optimize_for_inference(dtype={dtype})", 2)
     was_training = model.training
     model.eval()
     try:

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..capability import cpu_info, emulated_precision
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -347,8 +349,15 @@ def run(args: argparse.Namespace) -> int:
     results = run_cases(cases, batch_size=args.batch_size, img_size=args.img_size, device=args.device,
                         warmup=args.warmup, rounds=args.rounds)
     rows = result_rows(results, args.peak_gflops)
+    cpu = cpu_info().describe()
+    for row in rows:  # every row says which CPU it was measured on
+        row["cpu"] = cpu
     print(f"batch {args.batch_size}, {args.img_size}x{args.img_size}, {torch.get_num_threads()} threads, "
           f"device {args.device}, median of {args.rounds} interleaved rounds")
+    print(f"cpu: {cpu}")
+    emulated = emulated_precision(DTYPES[args.dtype], args.device)
+    if emulated:
+        print(f"note: --dtype {args.dtype}: {emulated}")
     print(format_rows(rows))
     if args.results_file:
         write_results(rows, args.results_file)

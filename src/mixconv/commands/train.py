@@ -44,7 +44,7 @@ _OPTIM = (
     ("--ema-decay", float, "EMA of the weights (0: off)"),
 )
 _RUNTIME = (
-    ("--amp", str, "none, bf16 (CPU or CUDA) or fp16 (CUDA)"),
+    ("--amp", str, "none, bf16 or fp16 autocast (warns on a CPU without native support: emulated, slow)"),
     ("--seed", int, "random seed"),
     ("--output", str, "run directory (default runs/<model>-<time>)"),
     ("--log-interval", int, "steps between progress lines when not on a terminal"),

@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, help="override the checkpoint's input size")
     p.add_argument("--crop-pct", type=float, help="override the checkpoint's crop fraction")
     p.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic"), help="override the resize filter")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast (bf16 on CPU)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--results-file", metavar="OUT.json|OUT.csv", help="also write the results here")

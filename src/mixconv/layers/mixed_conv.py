@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capability import runs_emulated
 from .conv2d_same import create_conv2d
 from .padding import check_padding_mode, is_static_same, pad_same, symmetric_padding
 
@@ -49,6 +50,14 @@ DEFAULT_IMPL: dict[tuple[tuple[int, ...], int, int], str] = {
 }
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would run a conv on ``x`` in (``None`` where autocast is off for ``x``'s device)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
 class _MergedMixConv(torch.autograd.Function):
     """A MixConv as one depthwise conv with zero-padded kernels, forward and input gradient; the weight gradient
     per channel group at the group's own kernel size (the merged kernel's zero taps get no gradient computed).
@@ -59,9 +68,19 @@ class _MergedMixConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, mod: "MixConv2d", *params: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         weight, bias = mod.merged_weight(), mod.merged_bias()
-        ctx.mod = mod
+        # Under autocast, cast as autocast casts F.conv2d's operands, then save exactly the tensors the conv
+        # used: the backward's aten.convolution_backward is no autocast op, and mixed dtypes there work only
+        # where oneDNN has native bf16 (avx512_bf16/AMX); AVX2-only CPUs raise "expected scalar type BFloat16".
+        ctx.mod, ctx.in_dtype = mod, x.dtype
+        dtype = autocast_dtype(x)
+        if dtype is not None:
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
         ctx.save_for_backward(x, weight)
-        return F.conv2d(x, weight, bias, mod.stride, mod.merged_padding, mod.dilation, mod.in_channels)
+        if dtype is None:
+            return F.conv2d(x, weight, bias, mod.stride, mod.merged_padding, mod.dilation, mod.in_channels)
+        with torch.autocast(x.device.type, enabled=False):  # already cast
+            return F.conv2d(x, weight, bias, mod.stride, mod.merged_padding, mod.dilation, mod.in_channels)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -69,6 +88,7 @@ class _MergedMixConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         mod: MixConv2d = ctx.mod
         s, d, p = mod.stride, mod.dilation, mod.merged_padding
+        grad = grad.to(x.dtype)  # the output's dtype; a hook or a user may hand back another
         grad_x, _, grad_b = torch.ops.aten.convolution_backward(
             grad, x, weight, None, [s, s], [p, p], [d, d], False, [0, 0], mod.in_channels,
             [ctx.needs_input_grad[0], False, mod.has_bias],
@@ -84,15 +104,17 @@ class _MergedMixConv(torch.autograd.Function):
             if pad < 0:  # pre-padded input: crop to the group's own padding
                 xs = xs[:, :, -pad:xs.shape[2] + pad, -pad:xs.shape[3] + pad]
                 pad = 0
+            # Only the weight's shape and dtype matter here (the conv's dtype; the gradient returns in the
+            # parameter's).
             gw = torch.ops.aten.convolution_backward(
-                gs.contiguous(memory_format=fmt), xs.contiguous(memory_format=fmt), conv.weight, None, [s, s],
-                [pad, pad], [d, d], False, [0, 0], size, [False, True, False],
+                gs.contiguous(memory_format=fmt), xs.contiguous(memory_format=fmt), conv.weight.to(x.dtype), None,
+                [s, s], [pad, pad], [d, d], False, [0, 0], size, [False, True, False],
             )[1]
-            grads.append(gw)
+            grads.append(gw.to(conv.weight.dtype))
             if mod.has_bias:
-                grads.append(grad_b[start:start + size])
+                grads.append(grad_b[start:start + size].to(conv.weight.dtype))
             start += size
-        return (grad_x, None, *grads)
+        return (grad_x.to(ctx.in_dtype) if grad_x is not None else None, None, *grads)
 
 
 def split_channels(channels: int, num_groups: int, split: str = "equal") -> tuple[int, ...]:
@@ -233,6 +255,23 @@ class MixConv2d(nn.Module):
         return torch.cat(out, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # TorchScript (eval/export only) runs no autocast
+            dtype = autocast_dtype(x)
+            if dtype is not None and runs_emulated(dtype, x.device):
+                return self.forward_float32(x, dtype)
+        return self.forward_impl(x)
+
+    @torch.jit.unused
+    def forward_float32(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Autocast to a ``dtype`` this CPU has no native support for: the depthwise convs run in float32, the
+        result is cast to ``dtype``. Why: oneDNN then has no low-precision depthwise kernel, and ATen's fallback
+        (``_slow_conv2d``) loops over the channels one by one: a MixNet-S bf16 training step at batch 2, 32 px
+        took 193 s with ``ONEDNN_MAX_CPU_ISA=AVX2`` on this project's Xeon (97% in ``_slow_conv2d``)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.forward_impl(x.float()).to(dtype)
+
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward in the input's dtype: the merged conv in training where ``impl`` says so, else split."""
         if len(self.split_sizes) == 1:
             return self.convs[0](x)
         # Eval mode runs the reference computation: FLOP counters then see the logical MACs (not the zero taps),

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
 from .distributed import DistInfo, all_reduce_sum, broadcast_flag
 
 
@@ -59,11 +58,10 @@ class EvalStats:
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA, bf16 on CPU; a no-op for ``none``."""
+    """bf16/fp16 autocast on any device (on a CPU without native support it runs emulated: see
+    :func:`mixconv.capability.emulated_precision`); a no-op for ``none``."""
     if amp == "none":
         return contextlib.nullcontext()
-    if device.type == "cpu" and amp == "fp16":
-        raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 

@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..capability import warn_emulated_precision
 from ..config import ConfigError
 from ..inputs import read_yaml
 from ..models import create_model
@@ -340,7 +341,7 @@ def _setup(cfg: TrainConfig, info: DistInfo, out_dir: Path) -> Trainer:
     peak_lr = scaled_lr(cfg, info.world_size)
     optimizer = create_optimizer(model, cfg, peak_lr)
     scheduler = create_scheduler(optimizer, cfg, peak_lr, math.ceil(len(train_loader) / cfg.accum_steps))
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and info.device.type == "cuda" else None
+    scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
     return Trainer(cfg, info, out_dir, pre, classes, model, model, ema, optimizer, scheduler, scaler, train_loader,
                    val_loader, sampler, generator, peak_lr, RunState())
 
@@ -402,6 +403,15 @@ def _main_writes(t: Trainer, write: Callable[[], None]) -> None:
     raise TrainingError(f"{error}; stopping: {kept}") from None
 
 
+def _warn_amp(amp: str, info: DistInfo) -> None:
+    """A LowPrecisionWarning and a log line where ``--amp`` runs emulated on this CPU (a capability check)."""
+    if amp != "none":
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        msg = warn_emulated_precision(dtype, info.device, f"--amp {amp}", stacklevel=3)
+        if msg is not None:
+            log(info, f"warning: {msg}")
+
+
 def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrides: dict[str, Any],
          on_epoch_end: Optional[Callable[[dict], None]]) -> dict[str, Any]:
     how = ""
@@ -409,8 +419,7 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
         cfg, saved, out_dir = prepare_resume(resume, resume_overrides)
     else:
         cfg, saved, out_dir, how = open_run_dir(cfg, info)
-    if cfg.amp == "fp16" and info.device.type != "cuda":
-        raise TrainingError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
+    _warn_amp(cfg.amp, info)
     t = _setup(cfg, info, out_dir)
     if saved is not None:
         _restore(t, saved)

@@ -26,6 +26,7 @@ from .mixify import mixify  # noqa: E402  (after the layers it uses)
 from .export import ExportCheck, ExportError, export_onnx, export_program, export_torchscript  # noqa: E402
 from .convert import convert_checkpoint, model_from_checkpoint  # noqa: E402
 from .detection import detection_backbone  # noqa: E402
+from .hub import save_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -57,4 +58,5 @@ __all__ = [
     "save_config", "split_channels",
     "ExportCheck", "ExportError", "convert_checkpoint", "detection_backbone", "export_onnx", "export_program",
     "export_torchscript", "mixify", "model_from_checkpoint",
+    "save_pretrained",
 ]

@@ -31,8 +31,13 @@ def read_checkpoint(path: str | Path, use_ema: bool = False) -> tuple[dict[str, 
     """Read a state dict and its metadata from ``.safetensors`` or a (possibly nested) ``.pth``/``.pt`` file.
 
     Returns ``(state_dict, metadata)``; ``metadata`` is the safetensors header metadata (empty for ``.pth``).
-    ``use_ema`` prefers ``state_dict_ema`` in a training checkpoint that has one.
+    ``use_ema`` prefers ``state_dict_ema`` in a training checkpoint that has one. A folder in timm's hub layout
+    (``config.json`` + ``model.safetensors``/``pytorch_model.bin``) gives its weights (see :mod:`mixconv.hub`).
     """
+    if Path(path).is_dir():
+        from .hub import read_hub_checkpoint  # local: hub imports this module
+
+        return read_hub_checkpoint(path, use_ema)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")

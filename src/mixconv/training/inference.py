@@ -37,7 +37,12 @@ def load_model(checkpoint: str | Path, model: Optional[str] = None, *, img_size:
                crop_pct: Optional[float] = None, interpolation: Optional[str] = None) -> Loaded:
     """``checkpoint`` alone (a mixconv training checkpoint knows its model), or ``model`` + any checkpoint."""
     path = Path(checkpoint)
-    if model is None:
+    if path.is_dir():  # a folder in timm's hub layout: its config.json knows the model and preprocessing
+        from ..hub import load_hub_model
+
+        net, extra = load_hub_model(path, model)
+        pre = Preprocess.from_dict(extra["preprocess"])
+    elif model is None:
         net, extra = ckpt.model_from_checkpoint(path)
         pre = Preprocess.from_dict(extra["preprocess"]) if "preprocess" in extra else _meta_preprocess(None)
     else:

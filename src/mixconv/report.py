@@ -188,7 +188,7 @@ def confident_mistakes(preds: Predictions, k: int) -> list[tuple[int, int, int, 
 
 
 def plot_mistakes(mistakes: Sequence[tuple[int, int, int, float]], classes: Sequence[str],
-                  image_of: Optional[Callable[[int], np.ndarray]], path: Path) -> None:
+                  image_of: Optional[Callable[[int], Optional[np.ndarray]]], path: Path) -> None:
     """A grid of the mistakes: each image titled with its true and predicted class and the probability."""
     plt = _pyplot()
     if not mistakes:
@@ -204,8 +204,8 @@ def plot_mistakes(mistakes: Sequence[tuple[int, int, int, float]], classes: Sequ
     for ax in axes.flat:
         ax.axis("off")
     for ax, (idx, true, pred, prob) in zip(axes.flat, mistakes):
-        if image_of is not None:
-            img = image_of(idx)
+        img = image_of(idx) if image_of is not None else None
+        if img is not None:
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
         ax.set_title(f"true {classes[true]}\npred {classes[pred]} ({100 * prob:.0f}%)", fontsize=9, color="darkred")
     fig.suptitle("Most confident mistakes", fontsize=11)
@@ -214,13 +214,18 @@ def plot_mistakes(mistakes: Sequence[tuple[int, int, int, float]], classes: Sequ
     plt.close(fig)
 
 
-def denormalizer(dataset: Dataset, mean: Sequence[float], std: Sequence[float]) -> Callable[[int], np.ndarray]:
-    """``index -> HxWxC`` float image in [0, 1]: a sample as the model saw it, with the normalisation undone."""
+def denormalizer(dataset: Dataset, mean: Sequence[float],
+                 std: Sequence[float]) -> Callable[[int], Optional[np.ndarray]]:
+    """``index -> HxWxC`` float image in [0, 1]: a sample as the model saw it, with the normalisation undone
+    (``None`` for a sample the dataset cannot read)."""
     m = torch.tensor(list(mean)).view(-1, 1, 1)
     s = torch.tensor(list(std)).view(-1, 1, 1)
 
-    def image_of(i: int) -> np.ndarray:
-        x = torch.as_tensor(dataset[i][0]).float()
+    def image_of(i: int) -> Optional[np.ndarray]:
+        item = dataset[i]
+        if item is None:
+            return None
+        x = torch.as_tensor(item[0]).float()
         img = (x * s[: x.shape[0]] + m[: x.shape[0]]).clamp(0, 1).permute(1, 2, 0).numpy()
         return img[..., 0] if img.shape[-1] == 1 else img
 
@@ -250,7 +255,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f
 
 
 def write_report(out_dir: str | Path, preds: Predictions, classes: Sequence[str], *,
-                 image_of: Optional[Callable[[int], np.ndarray]] = None,
+                 image_of: Optional[Callable[[int], Optional[np.ndarray]]] = None,
                  summary: Optional[Mapping[str, Any]] = None, max_mistakes: int = 18) -> dict[str, Path]:
     """Write the report files into ``out_dir`` from ``preds``; returns their paths by kind (see ``FILES``).
 

@@ -88,8 +88,9 @@ def test_pretrained_cfg_from_hub_folder_and_checkpoint(tmp_path):
     from_ckpt, _ = model_from_checkpoint(ckpt)
     want = {"input_size": (3, 64, 64), "interpolation": "bilinear", "crop_pct": 1.0, "mean": (0.5, 0.5, 0.5),
             "std": (0.25, 0.25, 0.25)}
-    got = resolve_model_data_config(from_ckpt)
-    assert {k: got[k] for k in want} == want
+    for model in (from_ckpt, mixconv.model_from_checkpoint(ckpt)):
+        got = resolve_model_data_config(model)
+        assert {k: got[k] for k in want} == want
     save_pretrained(src, tmp_path / "hub", preprocess=pre, classes=list("abcd"))
     cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
     assert cfg["label_names"] == list("abcd") and cfg["pretrained_cfg"]["input_size"] == [3, 64, 64]
@@ -107,6 +108,8 @@ def test_transfer_from_hub_folder_keeps_the_trunk(tmp_path):
     model = mixconv.create_model("mixnet_s", num_classes=3, pretrained=tmp_path / "hub")
     assert torch.equal(model.stem.conv.weight, src.stem.conv.weight)
     assert model.classifier.out_features == 3 and model.pretrained_cfg["num_classes"] == 3
+    fresh = mixconv.load_pretrained(mixconv.create_model("mixnet_s", num_classes=10), tmp_path / "hub")  # --pretrained
+    assert torch.equal(fresh.classifier.weight, src.classifier.weight)
 
 
 def test_convert_to_and_from_a_hub_folder(tmp_path):

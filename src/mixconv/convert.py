@@ -149,7 +149,20 @@ def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, 
             net.model_name = meta["model_name"]
     check_state_dict(net, sd, str(path))
     net.load_state_dict(sd, strict=True)
+    _apply_checkpoint_preprocess(net, meta)
     return net
+
+
+def _apply_checkpoint_preprocess(net: nn.Module, meta: Mapping[str, str]) -> None:
+    """A training checkpoint's preprocessing becomes the model's ``pretrained_cfg`` (what timm's tools read)."""
+    from .models.pretrained_cfg import cfg_from_preprocess, set_pretrained_cfg
+
+    try:
+        pre = json.loads(meta.get("extra") or "{}").get("preprocess")
+    except (json.JSONDecodeError, AttributeError):
+        return  # an unreadable 'extra' only loses the preprocessing; the weights are fine
+    if isinstance(pre, dict):
+        set_pretrained_cfg(net, **cfg_from_preprocess(pre, int(getattr(net, "in_chans", 3))))
 
 
 def save_model_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, object] | None = None) -> Path:

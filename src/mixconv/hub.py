@@ -175,13 +175,14 @@ def _load_strict(model: nn.Module, cfg: HubConfig) -> None:
 
 def create_from_hub(path: str | Path, *, num_classes: Optional[int] = None, pretrained: Any = None,
                     in_chans: Optional[int] = None, architecture: Optional[str] = None,
-                    **options: Any) -> nn.Module:
+                    drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None,
+                    features_only: bool = False, out_indices: Optional[Sequence[int]] = None) -> nn.Module:
     """``create_model(DIR)``: the folder's architecture, classes and preprocessing.
 
     ``pretrained=True`` (or the folder itself) loads its weights: exactly when the classes and channels are
     the folder's, else through :func:`mixconv.load_pretrained` (a new classifier, an adapted stem).
     ``architecture`` overrides ``config.json`` (e.g. ``tf_mixnet_s`` for a TF port saved under another name).
-    ``options`` are the remaining :func:`create_model` keywords (drop rates, features-only).
+    The other arguments are :func:`mixconv.create_model`'s.
     """
     from .models.factory import create_model
     from .weights import load_pretrained
@@ -189,7 +190,8 @@ def create_from_hub(path: str | Path, *, num_classes: Optional[int] = None, pret
     cfg = read_hub_config(path)
     n = cfg.num_classes if num_classes is None else num_classes
     c = cfg.in_chans if in_chans is None else in_chans
-    model = create_model(architecture or cfg.architecture, num_classes=n, in_chans=c, **options)
+    model = create_model(architecture or cfg.architecture, num_classes=n, in_chans=c, drop_rate=drop_rate,
+                         drop_path_rate=drop_path_rate, features_only=features_only, out_indices=out_indices)
     own = pretrained is True or (pretrained is not None and pretrained is not False
                                  and _folder(pretrained).resolve() == cfg.folder.resolve())
     if own and (n, c) == (cfg.num_classes, cfg.in_chans) and hasattr(model, "classifier"):

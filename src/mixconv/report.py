@@ -287,16 +287,11 @@ def report_from_checkpoint(out_dir: str | Path, checkpoint: str | Path, *, model
                            device: Optional[str] = None) -> dict[str, Any]:
     """``mixconv validate --report DIR``: one pass over the val data with a PyTorch checkpoint, the report
     written to ``out_dir``, and the same results dict as :func:`mixconv.training.inference.evaluate`."""
-    from .training.data import build_dataset, eval_transform
     from .training.engine import autocast
-    from .training.inference import _align_classes, load_model
+    from .training.inference import load_model, val_dataset
 
     loaded = load_model(checkpoint, model, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
-    data = data or loaded.data
-    if not data:
-        raise ConfigError(f"{checkpoint}: the checkpoint names no data set; pass --data digits|DIR")
-    ds = build_dataset(data, "val", eval_transform(loaded.preprocess), loaded.val_fraction)
-    _align_classes(ds, loaded, data)
+    ds, data = val_dataset(loaded, data, checkpoint)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = loaded.model.to(dev).eval()
     if channels_last:

@@ -104,6 +104,8 @@ def _finish(model: nn.Module, name: str, meta: ModelMeta, in_chans: int, pretrai
         from ..hub import is_hub_folder, read_hub_config
         from ..weights import load_pretrained
 
+        if str(pretrained).startswith("local-dir:"):  # timm's spelling of a local hub folder
+            pretrained = str(pretrained)[len("local-dir:"):]
         load_pretrained(model, pretrained)
         if is_hub_folder(pretrained):
             set_pretrained_cfg(model, **read_hub_config(pretrained).preprocess_cfg(in_chans))

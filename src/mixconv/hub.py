@@ -301,7 +301,7 @@ def model_card(model: nn.Module, arch: str, pcfg: Mapping[str, Any], classes: Op
     ]
     if results:
         lines += ["", "## Results", ""]
-        lines += [f"- {k}: {v}" for k, v in results.items()]
+        lines += [f"- {k}: {v:.2f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in results.items()]
     lines += ["", "## Usage", "", "```python",
               "import timm", 'model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True).eval()',
               "# or, with mixconv:", "import mixconv",

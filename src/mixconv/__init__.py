@@ -28,6 +28,7 @@ from .export import ExportCheck, ExportError, export_onnx, export_program, expor
 from .convert import convert_checkpoint, model_from_checkpoint  # noqa: E402
 from .detection import detection_backbone  # noqa: E402
 from .capability import LowPrecisionWarning, cpu_info  # noqa: E402
+from .hub import save_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -60,4 +61,5 @@ __all__ = [
     "ExportCheck", "ExportError", "convert_checkpoint", "detection_backbone", "export_onnx", "export_program",
     "export_torchscript", "mixify", "model_from_checkpoint", "MixconvInputError",
     "LowPrecisionWarning", "cpu_info",
+    "save_pretrained",
 ]

@@ -117,6 +117,10 @@ def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, 
     registered name or YAML), when given, overrides the architecture; classes and input channels always come
     from the checkpoint's tensors.
     """
+    if Path(path).is_dir():  # a folder in timm's hub layout
+        from .hub import load_hub_model
+
+        return load_hub_model(path, None if model is None else str(model))[0]
     sd, meta = read_checkpoint(path, use_ema=use_ema)
     if is_timm_state_dict(sd):
         num_classes, in_chans = _head_shape(sd)
@@ -143,7 +147,20 @@ def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, 
             net.model_name = meta["model_name"]
     check_state_dict(net, sd, str(path))
     net.load_state_dict(sd, strict=True)
+    _apply_checkpoint_preprocess(net, meta)
     return net
+
+
+def _apply_checkpoint_preprocess(net: nn.Module, meta: Mapping[str, str]) -> None:
+    """A training checkpoint's preprocessing becomes the model's ``pretrained_cfg`` (what timm's tools read)."""
+    from .models.pretrained_cfg import cfg_from_preprocess, set_pretrained_cfg
+
+    try:
+        pre = json.loads(meta.get("extra") or "{}").get("preprocess")
+    except (json.JSONDecodeError, AttributeError):
+        return  # an unreadable 'extra' only loses the preprocessing; the weights are fine
+    if isinstance(pre, dict):
+        set_pretrained_cfg(net, **cfg_from_preprocess(pre, int(getattr(net, "in_chans", 3))))
 
 
 def save_model_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, object] | None = None) -> Path:
@@ -166,13 +183,24 @@ def _save_state_dict(sd: Mapping[str, torch.Tensor], path: Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 
 
+def is_folder_output(dst: str | Path) -> bool:
+    """An output named ``DIR/`` (or an existing directory, or a name without suffix) is a hub folder."""
+    text = str(dst)
+    return text.endswith(("/", "\\")) or Path(text).is_dir() or not Path(text).suffix
+
+
 def convert_checkpoint(src: str | Path, dst: str | Path, model: str | Path | None = None) -> ConvertResult:
     """Convert a timm MixNet checkpoint to a mixconv one, or a mixconv checkpoint to a timm state dict.
 
     The direction follows the input: a timm state dict becomes a mixconv ``.safetensors`` checkpoint; anything
     else is read as a mixconv checkpoint and written with timm's names (``.pth``/``.pt`` via ``torch.save``, or
-    ``.safetensors``). ``model`` names the architecture when the file cannot (see :func:`model_from_checkpoint`).
+    ``.safetensors``). A hub folder as input, or ``DIR/`` as output, reads or writes timm's hub layout (see
+    :func:`mixconv.hub.convert_hub`). ``model`` names the architecture when the file cannot (see :func:`model_from_checkpoint`).
     """
+    if Path(src).is_dir() or is_folder_output(dst):
+        from .hub import convert_hub
+
+        return convert_hub(src, dst, model)
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"{dst}: the output must differ from the input")
@@ -197,5 +225,5 @@ def convert_checkpoint(src: str | Path, dst: str | Path, model: str | Path | Non
                          len(out), dst)
 
 
-__all__ = ["ConvertResult", "convert_checkpoint", "infer_timm_variant", "model_from_checkpoint",
+__all__ = ["ConvertResult", "convert_checkpoint", "infer_timm_variant", "is_folder_output", "model_from_checkpoint",
            "save_model_checkpoint"]

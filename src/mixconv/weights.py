@@ -38,10 +38,16 @@ def read_checkpoint(path: str | Path, use_ema: bool = False) -> tuple[dict[str, 
     """Read a state dict and its metadata from ``.safetensors`` or a (possibly nested) ``.pth``/``.pt`` file.
 
     Returns ``(state_dict, metadata)``; ``metadata`` is the safetensors header metadata (empty for ``.pth``).
-    ``use_ema`` prefers ``state_dict_ema`` in a training checkpoint that has one. The file's hashes are checked
-    (see :mod:`mixconv.integrity`): a torch.hub-style ``name-<sha256 prefix>.pth`` and the ``tensors_sha256``
-    a mixconv checkpoint records; a mismatch raises :class:`CheckpointError` saying it is corrupted.
+    ``use_ema`` prefers ``state_dict_ema`` in a training checkpoint that has one. A folder in timm's hub layout
+    (``config.json`` + ``model.safetensors``/``pytorch_model.bin``) gives its weights (see :mod:`mixconv.hub`).
+    The file's hashes are checked (see :mod:`mixconv.integrity`): a torch.hub-style ``name-<sha256 prefix>.pth``
+    and the ``tensors_sha256`` a mixconv checkpoint records; a mismatch raises :class:`CheckpointError` saying it
+    is corrupted.
     """
+    if Path(path).is_dir():
+        from .hub import read_hub_checkpoint  # local: hub imports this module
+
+        return read_hub_checkpoint(path, use_ema)
     path = check_file(path, CHECKPOINT_EXPECTED, CheckpointError)
     _raise_if_corrupted(path, hub_check(path))
     if path.suffix == ".safetensors":

@@ -10,14 +10,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="classify images with a checkpoint (top-k classes and probabilities)",
         description="Classify images with a checkpoint, using its class names and preprocessing.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mixconv training checkpoint (or any "
-                   "checkpoint with --model)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE|DIR", help="a mixconv training checkpoint, a "
+                   "folder in timm's hub layout (or any checkpoint with --model)")
     p.add_argument("--model", metavar="NAME|YAML", help="the architecture (default: the checkpoint's own)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--img-size", type=int)
     p.add_argument("--crop-pct", type=float)
     p.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic"))
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--cam", metavar="DIR", help="also save Grad-CAM overlays (for the predicted class) here as "
+                   "<image>_cam.png (needs grad-cam: pip install 'mixconv[cam]')")
+    p.add_argument("--cam-layer", metavar="NAME", help="the module to explain (default: the last stage, "
+                   "e.g. stages.4)")
     p.set_defaults(func=run)
 
 
@@ -29,6 +33,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k: got {args.top_k}; expected an int >= 1")
     results = predict(args.images, args.checkpoint, model=args.model, top_k=args.top_k, img_size=args.img_size,
                       crop_pct=args.crop_pct, interpolation=args.interpolation)
+    if args.cam:
+        from ..cam import save_cams
+
+        cams = save_cams(args.images, args.checkpoint, args.cam, model=args.model, layer=args.cam_layer,
+                         img_size=args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation)
+        for r, c in zip(results, cams):
+            if "cam" in c:
+                r["cam"] = c["cam"]
     if args.format == "json":
         print(json.dumps(results, indent=2))
     else:
@@ -37,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{r['image']}: unreadable")  # the reason is on stderr
                 continue
             tops = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
-            print(f"{r['image']}: {tops}")
+            print(f"{r['image']}: {tops}" + (f"  (cam: {r['cam']})" if "cam" in r else ""))
     return 1 if any("error" in r for r in results) else 0  # every image was tried; exit 1 if any failed

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -10,7 +11,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "validate", help="evaluate a checkpoint: top-1, top-5, loss, images/s",
         description="Evaluate a checkpoint. A mixconv training checkpoint needs nothing else (it knows its model, "
                     "classes, preprocessing and data); a timm checkpoint needs --model and --data.")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mixconv (.safetensors) or timm checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="FILE|DIR",
+                   help="a mixconv (.safetensors) or timm checkpoint, or a folder in timm's hub layout")
     p.add_argument("--model", metavar="NAME|YAML", help="the architecture (default: the checkpoint's own)")
     p.add_argument("--data", metavar="digits|DIR",
                    help="'digits' or an ImageFolder of val images (or a root with val/); default: the checkpoint's")
@@ -24,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--results-file", metavar="OUT.json|OUT.csv", help="also write the results here")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--report", metavar="DIR", help="also write a visual report here: confusion matrix, per-class "
+                   "precision/recall/F1 CSV, most confident mistakes, index.html (needs matplotlib)")
     p.set_defaults(func=run)
 
 
@@ -35,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size: got {args.batch_size}; expected an int >= 1")
     if args.results_file and not args.results_file.endswith((".json", ".csv")):
         raise ConfigError(f"--results-file {args.results_file}: expected a .json or .csv file name")
+    if args.report:  # one pass gives both the metrics and the report
+        from ..report import report_from_checkpoint
+
+        evaluate = partial(report_from_checkpoint, args.report)
     results = evaluate(args.checkpoint, model=args.model, data=args.data, batch_size=args.batch_size,
                        workers=args.workers, amp=args.amp, channels_last=args.channels_last, img_size=args.img_size,
                        crop_pct=args.crop_pct, interpolation=args.interpolation, device=args.device)
@@ -46,4 +54,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"top1 {results['top1']:.2f}  top5 {results['top5']:.2f}  loss {results['loss']:.4f}  "
               f"images/s {results['images_per_s']:.1f}  ({results['images']} images, "
               f"{results['skipped_images']} skipped)")
+        if "report" in results:
+            print(f"report: {results['report']}")
     return 0

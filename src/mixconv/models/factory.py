@@ -7,6 +7,7 @@ from typing import Sequence
 from torch import nn
 
 from .mixnet import MixNet, MixNetFeatures
+from .pretrained_cfg import cfg_from_meta, set_pretrained_cfg
 from .registry import get_model_def
 from .specs import MixNetSpec, ModelMeta
 
@@ -29,9 +30,9 @@ def resolve_model_name(name_or_yaml: str | Path | MixNetSpec) -> tuple[str, MixN
 def create_model(
     name_or_yaml: str | Path | MixNetSpec,
     *,
-    num_classes: int = 1000,
-    pretrained: str | Path | None = None,
-    in_chans: int = 3,
+    num_classes: int | None = None,
+    pretrained: str | Path | bool | None = None,
+    in_chans: int | None = None,
     drop_rate: float | None = None,
     drop_path_rate: float | None = None,
     features_only: bool = False,
@@ -40,21 +41,38 @@ def create_model(
     """Build a MixNet.
 
     Args:
-        name_or_yaml: a registered name (see :func:`list_models`), a path to a ``.yaml``/``.yml`` config, or
-            a :class:`MixNetSpec`.
-        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
-        pretrained: path to a local timm or mixconv checkpoint of the same architecture. Nothing is ever
+        name_or_yaml: a registered name (see :func:`list_models`), a path to a ``.yaml``/``.yml`` config, a
+            :class:`MixNetSpec`, or a local folder in timm's Hugging Face hub layout (also ``local-dir:DIR``):
+            its ``config.json`` gives the architecture, classes and preprocessing.
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features); default
+            1000, or the hub folder's.
+        pretrained: path to a local timm or mixconv checkpoint, or hub folder, of the same architecture;
+            ``True`` with a hub folder as ``name_or_yaml`` loads that folder's weights. Nothing is ever
             downloaded.
-        in_chans: input channels; pretrained stem weights are adapted.
+        in_chans: input channels (default 3, or the hub folder's); pretrained stem weights are adapted.
         drop_rate: dropout before the classifier (default: the variant's).
         drop_path_rate: stochastic depth rate of the last block, ramped linearly from 0.
         features_only: return a :class:`MixNetFeatures` giving the feature maps at strides 2..32.
         out_indices: which feature stages ``features_only`` returns (default: all).
     """
+    hub_dir = _hub_folder(name_or_yaml)
+    if hub_dir is not None:
+        from ..hub import create_from_hub
+
+        return create_from_hub(hub_dir, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans,
+                               drop_rate=drop_rate, drop_path_rate=drop_path_rate, features_only=features_only,
+                               out_indices=out_indices)
+    if isinstance(pretrained, bool):
+        if pretrained:
+            raise ValueError("pretrained=True needs a hub folder as the model; otherwise pass a checkpoint path")
+        pretrained = None
+    num_classes = 1000 if num_classes is None else num_classes
+    in_chans = 3 if in_chans is None else in_chans
     name, spec, meta = resolve_model_name(name_or_yaml)
     if spec is None:
-        return _create_from_builder(name, num_classes, pretrained, in_chans, drop_rate, drop_path_rate,
-                                    features_only, out_indices)
+        model = _create_from_builder(name, num_classes, in_chans, drop_rate, drop_path_rate, features_only,
+                                     out_indices)
+        return _finish(model, name, meta, in_chans, pretrained)
     dpr = 0.0 if drop_path_rate is None else float(drop_path_rate)
     if features_only:
         model: nn.Module = MixNetFeatures(spec, out_indices, in_chans=in_chans, drop_path_rate=dpr, meta=meta)
@@ -62,18 +80,41 @@ def create_model(
         if out_indices is not None:
             raise ValueError("out_indices is only used with features_only=True")
         model = MixNet(spec, num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=dpr, meta=meta)
+    return _finish(model, name, meta, in_chans, pretrained)
+
+
+def _hub_folder(name_or_yaml: str | Path | MixNetSpec) -> Path | None:
+    """The folder of ``local-dir:DIR`` or of a directory holding ``config.json``; else ``None``."""
+    if isinstance(name_or_yaml, MixNetSpec):
+        return None
+    from .registry import list_models
+
+    text = str(name_or_yaml)
+    if text.startswith("local-dir:"):
+        return Path(text[len("local-dir:"):])
+    return Path(text) if Path(text).is_dir() and text not in list_models() else None
+
+
+def _finish(model: nn.Module, name: str, meta: ModelMeta, in_chans: int, pretrained: str | Path | None) -> nn.Module:
+    """Name the model, attach its ``pretrained_cfg`` and load ``pretrained`` (whose preprocessing then wins)."""
     model.model_name = name
+    set_pretrained_cfg(model, **cfg_from_meta(meta, architecture=name, num_classes=getattr(model, "num_classes", 0),
+                                              in_chans=in_chans))
     if pretrained is not None:
+        from ..hub import is_hub_folder, read_hub_config
         from ..weights import load_pretrained
 
+        if str(pretrained).startswith("local-dir:"):  # timm's spelling of a local hub folder
+            pretrained = str(pretrained)[len("local-dir:"):]
         load_pretrained(model, pretrained)
+        if is_hub_folder(pretrained):
+            set_pretrained_cfg(model, **read_hub_config(pretrained).preprocess_cfg(in_chans))
     return model
 
 
 def _create_from_builder(
     name: str,
     num_classes: int,
-    pretrained: str | Path | None,
     in_chans: int,
     drop_rate: float | None,
     drop_path_rate: float | None,
@@ -86,10 +127,4 @@ def _create_from_builder(
             raise ValueError(f"{option} is not supported by {name!r} (only by MixNet models)")
     if features_only:
         raise ValueError(f"features_only is not supported by {name!r} (only by MixNet models)")
-    model = get_model_def(name).builder(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
-    model.model_name = name
-    if pretrained is not None:
-        from ..weights import load_pretrained
-
-        load_pretrained(model, pretrained)
-    return model
+    return get_model_def(name).builder(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)

@@ -38,7 +38,12 @@ def load_model(checkpoint: str | Path, model: Optional[str] = None, *, img_size:
                crop_pct: Optional[float] = None, interpolation: Optional[str] = None) -> Loaded:
     """``checkpoint`` alone (a mixconv training checkpoint knows its model), or ``model`` + any checkpoint."""
     path = Path(checkpoint)
-    if model is None:
+    if path.is_dir():  # a folder in timm's hub layout: its config.json knows the model and preprocessing
+        from ..hub import load_hub_model
+
+        net, extra = load_hub_model(path, model)
+        pre = Preprocess.from_dict(extra["preprocess"])
+    elif model is None:
         net, extra = ckpt.model_from_checkpoint(path)
         pre = Preprocess.from_dict(extra["preprocess"]) if "preprocess" in extra else _meta_preprocess(None)
     else:
@@ -77,11 +82,7 @@ def evaluate(checkpoint: str | Path, *, model: Optional[str] = None, data: Optio
     ``data`` is ``digits`` or a directory of val images in class folders (or a root holding ``val/``).
     """
     loaded = load_model(checkpoint, model, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
-    data = data or loaded.data
-    if not data:
-        raise ConfigError(f"{checkpoint}: the checkpoint names no data set; pass --data digits|DIR")
-    ds = build_dataset(data, "val", eval_transform(loaded.preprocess), loaded.val_fraction)
-    _align_classes(ds, loaded, data)
+    ds, data = val_dataset(loaded, data, checkpoint)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = loaded.model.to(dev)
     if channels_last:
@@ -97,6 +98,16 @@ def evaluate(checkpoint: str | Path, *, model: Optional[str] = None, data: Optio
     return {"top1": stats.top1, "top5": stats.top5, "loss": stats.loss,
             "images_per_s": stats.images / seconds if seconds > 0 else 0.0, "images": stats.images,
             "skipped_images": stats.skipped, "checkpoint": str(checkpoint), "data": data}
+
+
+def val_dataset(loaded: Loaded, data: Optional[str], checkpoint: str | Path) -> tuple[Any, str]:
+    """The val images of ``data`` (default: the checkpoint's), preprocessed and in the checkpoint's class order."""
+    data = data or loaded.data
+    if not data:
+        raise ConfigError(f"{checkpoint}: the checkpoint names no data set; pass --data digits|DIR")
+    ds = build_dataset(data, "val", eval_transform(loaded.preprocess), loaded.val_fraction)
+    _align_classes(ds, loaded, data)
+    return ds, data
 
 
 def _align_classes(ds: Any, loaded: Loaded, data: str) -> None:

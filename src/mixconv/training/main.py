@@ -213,6 +213,19 @@ class _TensorBoard:
                 self.writer.add_scalar(k, row[k], row["epoch"])
             self.writer.flush()
 
+    def add_examples(self, dataset: Any, pre: Preprocess, n: int = 8) -> None:
+        """A few training images, as augmented and (with the normalisation undone) as the model sees them."""
+        if self.writer is not None and len(dataset):
+            from ..report import denormalizer
+
+            image_of = denormalizer(dataset, pre.mean, pre.std)
+            imgs = [im for im in map(image_of, range(min(n, len(dataset)))) if im is not None]
+            if not imgs:
+                return
+            batch = np.stack([im[..., None] if im.ndim == 2 else im for im in imgs])
+            self.writer.add_images("train/examples", batch, 0, dataformats="NHWC")
+            self.writer.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -433,6 +446,8 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
                   f"{t.rs.epoch + 1} of {t.cfg.epochs}")
     _start(t)
     tb = _TensorBoard(out_dir, info.is_main)
+    if info.is_main and t.rs.epoch == 0:
+        tb.add_examples(t.train_loader.dataset, t.pre)
     try:
         for epoch in range(t.rs.epoch, t.cfg.epochs):
             row = _one_epoch(t, epoch)

@@ -185,4 +185,8 @@ def model_from_checkpoint(path: str | Path, num_classes: int | None = None) -> t
     model = create_model(spec, num_classes=n, in_chans=int(extra.get("in_chans", 3)))
     model.model_name = name or getattr(model, "model_name", "custom")
     load_pretrained(model, path)
+    if "preprocess" in extra:  # timm's data tools then see the training preprocessing, not the variant's
+        from ..models.pretrained_cfg import cfg_from_preprocess, set_pretrained_cfg
+
+        set_pretrained_cfg(model, **cfg_from_preprocess(extra["preprocess"], int(extra.get("in_chans", 3))))
     return model, extra

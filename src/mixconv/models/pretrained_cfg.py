@@ -1,0 +1,78 @@
+"""timm's ``pretrained_cfg`` on mixconv models: the preprocessing and head facts timm's data tools read.
+
+Every model built by :func:`mixconv.create_model` carries ``model.pretrained_cfg`` (a plain dict with timm's
+field names), so ``timm.data.resolve_model_data_config(model)`` and ``timm.data.create_transform`` give the
+model's own preprocessing. It starts from the variant's :class:`ModelMeta` and is replaced by a hub folder's
+``pretrained_cfg`` or a mixconv checkpoint's training preprocessing when the weights come from one.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from .specs import ModelMeta
+
+FIRST_CONV = "stem.conv"
+CLASSIFIER = "classifier"
+# The fields mixconv reads from (and writes to) a pretrained_cfg; timm's other fields pass through untouched.
+PREPROCESS_FIELDS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+
+
+def cfg_from_meta(meta: ModelMeta, *, architecture: str, num_classes: int, in_chans: int = 3) -> dict[str, Any]:
+    """A ``pretrained_cfg`` for a freshly built model of a registered variant (or a custom spec)."""
+    mean, std = _per_channel(meta.mean, in_chans), _per_channel(meta.std, in_chans)
+    return {
+        "architecture": architecture,
+        "input_size": (in_chans, *meta.input_size[1:]),
+        "fixed_input_size": False,
+        "interpolation": meta.interpolation,
+        "crop_pct": meta.crop_pct,
+        "crop_mode": "center",
+        "mean": mean,
+        "std": std,
+        "num_classes": num_classes,
+        "first_conv": FIRST_CONV,
+        "classifier": CLASSIFIER,
+    }
+
+
+def _per_channel(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+    """timm's convention for other channel counts: one value repeated, or the RGB mean of the three."""
+    if len(values) == in_chans:
+        return tuple(values)
+    avg = sum(values) / len(values)
+    return tuple([avg] * in_chans)
+
+
+def cfg_from_preprocess(pre: Mapping[str, Any], in_chans: int = 3) -> dict[str, Any]:
+    """The preprocessing fields of a ``pretrained_cfg`` from a mixconv checkpoint's ``preprocess`` dict."""
+    size = int(pre["img_size"])
+    return {"input_size": (in_chans, size, size), "interpolation": str(pre["interpolation"]),
+            "crop_pct": float(pre["crop_pct"]), "crop_mode": "center",
+            "mean": tuple(float(v) for v in pre["mean"]), "std": tuple(float(v) for v in pre["std"])}
+
+
+def preprocess_from_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`cfg_from_preprocess` (a dict for ``Preprocess.from_dict``)."""
+    return {"img_size": int(cfg["input_size"][-1]), "crop_pct": float(cfg.get("crop_pct", 0.875)),
+            "interpolation": str(cfg.get("interpolation", "bicubic")), "mean": list(cfg["mean"]),
+            "std": list(cfg["std"])}
+
+
+def set_pretrained_cfg(model: nn.Module, **fields: Any) -> dict[str, Any]:
+    """Update ``model.pretrained_cfg`` with ``fields`` (unknown timm fields are kept as given)."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg.update(fields)
+    if hasattr(model, "num_classes"):
+        cfg["num_classes"] = int(model.num_classes)
+    if not hasattr(model, "classifier"):  # features-only trunk: timm drops the head fields too
+        cfg.pop("classifier", None)
+        cfg["num_classes"] = 0
+    model.pretrained_cfg = cfg
+    model.default_cfg = cfg  # timm < 0.9 and some tools read the older name
+    return cfg
+
+
+__all__ = ["CLASSIFIER", "FIRST_CONV", "PREPROCESS_FIELDS", "cfg_from_meta", "cfg_from_preprocess",
+           "preprocess_from_cfg", "set_pretrained_cfg"]

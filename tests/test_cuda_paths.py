@@ -154,3 +154,26 @@ def test_amp_fp16_gradscaler_step_with_triton_kernels():
     scaler.step(opt)
     scaler.update()
     assert torch.isfinite(loss) and all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_gpu_targets_script_without_cuda_and_its_arithmetic():
+    from helpers import load_repo_module
+
+    gt = load_repo_module("benchmarks/gpu_targets.py")
+    if not torch.cuda.is_available():
+        assert gt.main([]) == 2
+    row = lambda v, roof=None: {"img_per_s": v, "roofline_pct": roof}  # noqa: E731
+    infer = {"timm eager": row(100), "timm compiled": row(150), "mixconv eager": row(90),
+             "mixconv eager+kernels": row(135), "mixconv eager+kernels+epilogue": row(162),
+             "mixconv compiled": row(120), "mixconv compiled+kernels+epilogue": row(210, 45.0)}
+    train = {"timm eager": row(40), "timm compiled": row(50), "mixconv eager": row(50),
+             "mixconv compiled+kernels": row(70)}
+    met = {name: (v, ok) for name, v, _, ok in gt.targets({"infer": infer, "train": train})}
+    assert met["inference vs timm eager AMP channels_last"] == (2.1, True)
+    assert met["inference vs timm compiled"] == (1.4, True)
+    assert met["inference % of memory roofline"] == (45.0, True)
+    assert met["training vs timm eager AMP channels_last"] == (1.75, True)
+    assert met["training img/s"] == (70, False)
+    contrib = gt.contributions(infer)
+    assert contrib["kernels (eager+kernels / eager)"] == pytest.approx(1.5)
+    assert contrib["epilogue (eager+kernels+epilogue / eager+kernels)"] == pytest.approx(1.2)

@@ -31,25 +31,33 @@ ACTS = {"identity": 0, "relu": 1, "silu": 2}
 
 
 @triton.jit
+def _channel_block(blk_c0_ptr, blk_c1_ptr, blk_k_ptr, pid_c, KMAX, BLOCK_C: tl.constexpr):
+    """A channel block's channels (and their mask), its group's kernel size ``k`` and ``shift``: how many taps
+    the group's kernel sits inside the merged ``KMAX x KMAX`` one."""
+    c0 = tl.load(blk_c0_ptr + pid_c)
+    c1 = tl.load(blk_c1_ptr + pid_c)
+    k = tl.load(blk_k_ptr + pid_c)
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    return offs_c, offs_c < c1, k, (KMAX - k) // 2
+
+
+@triton.jit
+def _pixel_block(HEIGHT, WIDTH, BLOCK_P: tl.constexpr):
+    """This program's block of pixels of an image (axis 0 of the grid): their mask, rows and columns."""
+    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return offs_p < HEIGHT * WIDTH, offs_p // WIDTH, offs_p % WIDTH
+
+
+@triton.jit
 def _fwd_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, sums_ptr, blk_c0_ptr, blk_c1_ptr, blk_k_ptr,
     C, H, W, OH, OW, sxn, sxc, sxh, sxw, son, soc, soh, sow, stride, dil, pad_t, pad_l, KMAX,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SE_SUMS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
-    c0 = tl.load(blk_c0_ptr + pid_c)
-    c1 = tl.load(blk_c1_ptr + pid_c)
-    k = tl.load(blk_k_ptr + pid_c)
-    shift = (KMAX - k) // 2  # the group's kernel sits this many taps inside the merged one
-    offs_c = c0 + tl.arange(0, BLOCK_C)
-    cmask = offs_c < c1
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = offs_p < OH * OW
-    oh = offs_p // OW
-    ow = offs_p % OW
+    offs_c, cmask, k, shift = _channel_block(blk_c0_ptr, blk_c1_ptr, blk_k_ptr, tl.program_id(1), KMAX, BLOCK_C)
+    pmask, oh, ow = _pixel_block(OH, OW, BLOCK_P)
     ih0 = oh * stride - pad_t + shift * dil
     iw0 = ow * stride - pad_l + shift * dil
     # Offsets that do not change along a row of taps are computed once per row (the interpreter runs every
@@ -89,19 +97,9 @@ def _bwd_input_kernel(
     C, H, W, OH, OW, sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw, stride, dil, pad_t, pad_l, KMAX,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
-    c0 = tl.load(blk_c0_ptr + pid_c)
-    c1 = tl.load(blk_c1_ptr + pid_c)
-    k = tl.load(blk_k_ptr + pid_c)
-    shift = (KMAX - k) // 2
-    offs_c = c0 + tl.arange(0, BLOCK_C)
-    cmask = offs_c < c1
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = offs_p < H * W
-    ih = offs_p // W
-    iw = offs_p % W
+    offs_c, cmask, k, shift = _channel_block(blk_c0_ptr, blk_c1_ptr, blk_k_ptr, tl.program_id(1), KMAX, BLOCK_C)
+    pmask, ih, iw = _pixel_block(H, W, BLOCK_P)
     g_base = g_ptr + n * sgn + offs_c[None, :] * sgc
     w_base = w_ptr + offs_c
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -128,17 +126,11 @@ def _bwd_weight_kernel(
     C, H, W, OH, OW, NP, P_PER_SPLIT, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, stride, dil, pad_t, pad_l, KMAX,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c = tl.program_id(0)
     ti = tl.program_id(1)  # a row of taps of the merged kernel
     split = tl.program_id(2)
-    c0 = tl.load(blk_c0_ptr + pid_c)
-    c1 = tl.load(blk_c1_ptr + pid_c)
-    k = tl.load(blk_k_ptr + pid_c)
-    shift = (KMAX - k) // 2
+    offs_c, cmask, k, shift = _channel_block(blk_c0_ptr, blk_c1_ptr, blk_k_ptr, tl.program_id(0), KMAX, BLOCK_C)
     inside = (ti >= shift) & (ti < shift + k)
     n_cols = tl.where(inside, k, 0)  # a row outside the group's kernel: no work, its gradient stays zero
-    offs_c = c0 + tl.arange(0, BLOCK_C)
-    cmask = offs_c < c1
     lo = split * P_PER_SPLIT
     hi = tl.minimum(lo + P_PER_SPLIT, NP)
     ohw = OH * OW

@@ -120,14 +120,25 @@ def test_gpu_benchmark_parts_run_on_cpu():
 
 
 def test_default_gpu_cases():
-    cases = bc.default_cases("mixnet_s", ["infer", "train"], "bfloat16", True, True, True)
+    cases = bc.default_cases("mixnet_s", ["infer", "train"], "bfloat16", True, True, True, cuda_graphs=True)
     names = [c.name for c in cases]
+    assert sum(c.cuda_graphs for c in cases) == 2 and all(c.case.mode == "infer" for c in cases if c.cuda_graphs)
     assert sum(c.case.source == "timm" for c in cases) == 4  # eager and compiled, both modes
     assert any(c.fuse and c.case.compile for c in cases) and not any(c.fuse and c.case.mode == "train" for c in cases)
     assert len(set(names)) == len(names)
     with pytest.raises(ValueError, match="inference"):
         bc.build_gpu_model(bc.GpuCase(Case("mixnet_s", mode="train"), fuse=True), torch.device("cpu"),
                            torch.randn(1, 3, 32, 32))
+
+
+def test_cuda_graph_step_runs_eagerly_on_cpu():
+    model = _tiny_model()
+    x = torch.randn(3, 3, 8, 8)
+    gc = bc.GpuCase(Case("tiny", mode="infer", channels_last=True), cuda_graphs=True)
+    step = bc.make_gpu_step(gc, model, x)
+    step()
+    with pytest.raises(ValueError, match="inference"):
+        bc.make_gpu_step(bc.GpuCase(Case("tiny", mode="train"), cuda_graphs=True), model, x)
 
 
 def test_benchmark_device_cuda_without_cuda(capsys):

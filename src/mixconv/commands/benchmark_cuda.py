@@ -83,7 +83,7 @@ def make_gpu_step(gc: GpuCase, model: torch.nn.Module, x: torch.Tensor) -> Calla
         from ..cuda.graphs import GraphedInference
 
         xin = x.contiguous(memory_format=torch.channels_last) if gc.case.channels_last else x
-        graphed = GraphedInference(model, dtype=DTYPES[gc.case.dtype])
+        graphed = GraphedInference(model, dtype=DTYPES[gc.case.dtype], capture=x.is_cuda)  # eager on CPU (tests)
         return lambda: graphed(xin)
     return make_step(gc.case, model, x)
 
@@ -174,9 +174,9 @@ def gpu_rows(results: Sequence[GpuResult], mb_per_image: float | None, bandwidth
 
 
 def default_cases(model: str, modes: Sequence[str], dtype: str, compare_timm: bool, compile_too: bool,
-                  triton: bool) -> list[GpuCase]:
+                  triton: bool, cuda_graphs: bool = False) -> list[GpuCase]:
     """timm and mixconv, channels_last, eager (and compiled); mixconv also with its Triton kernels (and, for
-    inference, BatchNorm/activation fused into them)."""
+    inference, BatchNorm/activation fused into them, and with ``cuda_graphs`` replayed from a CUDA graph)."""
     out: list[GpuCase] = []
     for mode in modes:
         for compiled in (False, True) if compile_too else (False,):
@@ -188,6 +188,8 @@ def default_cases(model: str, modes: Sequence[str], dtype: str, compare_timm: bo
                 out.append(GpuCase(base, triton=True))
                 if mode == "infer":
                     out.append(GpuCase(base, triton=True, fuse=True))
+            if cuda_graphs and mode == "infer":
+                out.append(GpuCase(base, triton=triton, fuse=triton, cuda_graphs=True))
     return out
 
 
@@ -196,6 +198,8 @@ def add_cuda_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("--device cuda")
     g.add_argument("--no-triton", action="store_true", help="skip the cases with mixconv's Triton kernels")
     g.add_argument("--eager-only", action="store_true", help="skip the torch.compile cases")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="also replay mixconv inference from CUDA graphs (for small batches)")
     g.add_argument("--iters", type=int, default=10, help="steps per timed round (CUDA events around them)")
     g.add_argument("--bytes-per-image", type=float, metavar="MB",
                    help="activation MB per image for the memory roofline (default: 28.7 for mixnet_s)")
@@ -219,7 +223,8 @@ def run_cuda(args: argparse.Namespace) -> int:
     modes = ("train", "infer") if args.mode == "both" else (args.mode,)
     dtype = "bfloat16" if args.dtype == "float32" else args.dtype  # AMP on GPUs unless a dtype is given
     cases = [c for m in args.model for c in default_cases(m, modes, dtype, args.compare == "timm",
-                                                          not args.eager_only, not args.no_triton)]
+                                                          not args.eager_only, not args.no_triton,
+                                                          args.cuda_graphs)]
     results = run_gpu_cases(cases, batch_size=args.batch_size, img_size=args.img_size, device=args.device,
                             warmup=args.warmup, rounds=args.rounds, iters=args.iters)
     dev = torch.device(args.device)

@@ -1,4 +1,4 @@
-"""The Triton MixConv kernels: ``tests/triton/kernel_cases.py`` run under Triton's interpreter on CPU (a
+"""The Triton MixConv kernels: ``tests/kernel_checks/kernel_cases.py`` run under Triton's interpreter on CPU (a
 subprocess with ``TRITON_INTERPRET=1`` set before triton is imported; this process imported triton already),
 and on CUDA where there is one; plus the CPU routing rules, which need no Triton."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from mixconv.kernels import force_interpreter, triton_available, use_triton, wan
 from mixconv.layers import MixConv2d
 from mixconv.layers.mixed_conv import CUDA_DEFAULT_IMPL
 
-CASES = REPO / "tests" / "triton" / "kernel_cases.py"
+CASES = REPO / "tests" / "kernel_checks" / "kernel_cases.py"
 
 
 def _run_cases(env: dict[str, str]) -> str:

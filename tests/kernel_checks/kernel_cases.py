@@ -3,7 +3,7 @@
 Not collected by the plain test run (the name is not test_*.py): ``tests/test_triton_kernels.py`` runs this file
 in a subprocess with ``TRITON_INTERPRET=1`` set before triton is imported (the kernels then run on CPU tensors),
 and, on a machine with CUDA, once more on the GPU. By hand:
-``TRITON_INTERPRET=1 python -m pytest -q tests/triton/kernel_cases.py``.
+``TRITON_INTERPRET=1 python -m pytest -q tests/kernel_checks/kernel_cases.py``.
 
 Errors are relative to the reference's largest magnitude: ``max|a - b| / max|b|``; the reference runs in
 float64 on the same (rounded) inputs, so the numbers measure the kernels alone.

@@ -317,6 +317,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-gflops", type=float, help="the device's peak GFLOP/s: report the %% of it reached")
     p.add_argument("--results-file", type=Path, help="write the results as .json or .csv")
+    from .benchmark_cuda import add_cuda_args
+
+    add_cuda_args(p)
     p.set_defaults(func=run)
 
 
@@ -334,6 +337,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if args.device.startswith("cuda"):  # CUDA events, roofline, eager and compiled, Triton kernels
+        from .benchmark_cuda import run_cuda
+
+        return run_cuda(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = ("train", "infer") if args.mode == "both" else (args.mode,)

@@ -56,6 +56,7 @@ _BOOLS = (
     ("--channels-last", "channels-last memory format"),
     ("--compile", "torch.compile the model"),
     ("--sync-bn", "SyncBatchNorm across processes (CUDA only)"),
+    ("--gpu-decode", "decode ImageFolder JPEGs and run the transforms on the GPU (CUDA only)"),
 )
 
 

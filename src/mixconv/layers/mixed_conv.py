@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capability import runs_emulated
+from ..kernels.routing import wants_triton
 from .conv2d_same import create_conv2d
 from .padding import check_padding_mode, is_static_same, pad_same, symmetric_padding
 
 SPLIT_MODES = ("equal", "exponential")
-IMPLS = ("split", "merged")
+IMPLS = ("split", "merged", "triton")
 
 # How a multi-kernel MixConv runs in training mode by default, by (kernel sizes, stride, channels); fixed in
 # code so that a run never depends on a timing. "split": one depthwise conv per channel group, then a concat (the
@@ -56,6 +57,18 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     if not torch.is_autocast_enabled(device):
         return None
     return torch.get_autocast_dtype(device)
+
+
+# The CUDA counterpart of DEFAULT_IMPL: layer shapes whose MixConv runs the Triton kernels (mixconv.kernels) on
+# CUDA tensors when ``impl`` is not given. Empty until measured on a GPU (benchmarks/gpu_targets.py --layers):
+# until then the kernels are opt-in (``impl="triton"`` or ``mixconv.kernels.use_triton(model)``). Never used on
+# CPU tensors.
+CUDA_DEFAULT_IMPL: dict[tuple[tuple[int, ...], int, int], str] = {}
+
+
+def default_impl(kernel_sizes: tuple[int, ...], stride: int, channels: int) -> str:
+    """The CPU table's impl for a layer shape (``merged`` when not listed)."""
+    return DEFAULT_IMPL.get((kernel_sizes, stride, channels), "merged")
 
 
 class _MergedMixConv(torch.autograd.Function):
@@ -179,7 +192,9 @@ class MixConv2d(nn.Module):
             (one depthwise conv with the kernels zero-padded to the largest size, built from the per-group
             weights, for the forward and the input gradient; weight gradients per group); both compute the same
             function with the same parameters. ``None`` picks from the static table ``DEFAULT_IMPL``. Eval mode
-            always runs ``"split"``, the reference computation.
+            always runs ``"split"``, the reference computation. ``"triton"``: the Triton kernels of
+            ``mixconv.kernels`` (one launch for all groups, training and eval) on CUDA tensors; on CPU tensors the
+            table's impl. With ``None``, CUDA tensors of shapes in ``CUDA_DEFAULT_IMPL`` run Triton too.
     """
 
     def __init__(
@@ -207,8 +222,9 @@ class MixConv2d(nn.Module):
         self.dilation = dilation
         self.split = split
         self.padding = padding
+        self.impl_from_table = impl is None
         if impl is None:
-            impl = DEFAULT_IMPL.get((ks, stride, channels), "merged")
+            impl = default_impl(ks, stride, channels)
         if impl not in IMPLS:
             raise ValueError(f"unknown MixConv impl {impl!r}; expected one of {', '.join(IMPLS)}")
         self.impl = impl
@@ -254,8 +270,32 @@ class MixConv2d(nn.Module):
         out = [conv(xs[i]) for i, conv in enumerate(self.convs)]
         return torch.cat(out, dim=1)
 
+    @torch.jit.unused
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        """All groups in one Triton launch (``torch.ops.mixconv.mixconv2d``); under autocast the input and the
+        weight are cast to its dtype first, as autocast casts a conv's."""
+        from ..kernels.ops import mixconv2d
+
+        w, b = self.merged_weight(), self.merged_bias()
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, w = x.to(dtype), w.to(dtype)
+        return mixconv2d(x, w, None, b, list(self.kernel_sizes), list(self.split_sizes), self.stride,
+                         self.dilation, self.padding, "identity", False)[0]
+
+    @torch.jit.unused
+    def _runs_triton(self, x: torch.Tensor) -> bool:
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing (export, optimize) keeps the reference path
+            return False
+        if self.impl == "triton" or (self.impl_from_table and x.is_cuda and CUDA_DEFAULT_IMPL.get(
+                (self.kernel_sizes, self.stride, self.in_channels)) == "triton"):
+            return wants_triton(x)
+        return False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript (eval/export only) runs no autocast
+            if self._runs_triton(x):
+                return self.forward_triton(x)
             dtype = autocast_dtype(x)
             if dtype is not None and runs_emulated(dtype, x.device):
                 return self.forward_float32(x, dtype)
@@ -277,7 +317,7 @@ class MixConv2d(nn.Module):
         # Eval mode runs the reference computation: FLOP counters then see the logical MACs (not the zero taps),
         # and fast inference is mixconv.optimize_for_inference's job (BN folded, merged, eval only).
         if not torch.jit.is_scripting():  # TorchScript (eval/export only) keeps the reference path
-            if self.impl == "merged" and self.training:
+            if self.impl in ("merged", "triton") and self.training:  # triton on CPU: merged
                 return self.forward_merged(x)
         return self.forward_split(x)
 

@@ -45,6 +45,7 @@ class TrainConfig:
     mean: Optional[tuple[float, float, float]] = None
     std: Optional[tuple[float, float, float]] = None
     workers: int = 2
+    gpu_decode: bool = False  # ImageFolder JPEGs decoded on the GPU (nvJPEG), transforms there too
     # augmentation
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (0.75, 1.3333333333333333)

@@ -146,20 +146,30 @@ class SafeImageFolder(datasets.ImageFolder):
         return img, target
 
 
-def open_image_folder(root: Path, transform: Callable) -> SafeImageFolder:
+def open_image_folder(root: Path, transform: Callable, encoded: bool = False) -> Dataset:
+    """A :class:`SafeImageFolder`; with ``encoded``, the files' bytes for GPU decoding (``transform`` is then
+    applied after decoding, see :mod:`mixconv.cuda.jpeg`)."""
     expected = "an ImageFolder (one sub-folder of images per class)"
     check_dir(root, expected, ConfigError)
     try:
+        if encoded:
+            from ..cuda.jpeg import EncodedImageFolder
+
+            return EncodedImageFolder(str(root))
         return SafeImageFolder(str(root), transform=transform)
     except (OSError, RuntimeError) as e:  # no class folders, no images, or a sub-folder that cannot be listed
         raise ConfigError(f"{root}: not a usable ImageFolder ({e}); expected {expected}") from None
 
 
-def build_dataset(data: str, split: str, transform: Callable, val_fraction: float = 0.2) -> Dataset:
+def build_dataset(data: str, split: str, transform: Callable, val_fraction: float = 0.2,
+                  encoded: bool = False) -> Dataset:
     """``data`` is ``digits`` or an ImageFolder root holding ``train/`` and ``val/``.
 
     For ``split="val"`` a directory without ``val/`` is taken as the val images themselves (validate's use).
+    ``encoded``: the ImageFolder's file bytes, for GPU decoding.
     """
+    if data == "digits" and encoded:
+        raise ConfigError("--gpu-decode decodes image files; --data digits is in memory (use an ImageFolder root)")
     if data == "digits":
         return DigitsDataset(split, transform, val_fraction)
     root = check_dir(data, "'digits' or an ImageFolder root with train/ and val/", ConfigError)
@@ -167,7 +177,7 @@ def build_dataset(data: str, split: str, transform: Callable, val_fraction: floa
     if split == "train" and not (sub.is_dir() and (root / "val").is_dir()):
         raise ConfigError(f"--data {data}: no {'train' if not sub.is_dir() else 'val'}/ folder; expected an "
                           "ImageFolder root with train/ and val/ (one sub-folder of images per class in each)")
-    return open_image_folder(sub if sub.is_dir() else root, transform)
+    return open_image_folder(sub if sub.is_dir() else root, transform, encoded)
 
 
 def dataset_classes(ds: Dataset) -> list[str]:

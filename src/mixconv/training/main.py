@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from ..capability import warn_emulated_precision
 from ..config import ConfigError
 from ..inputs import read_yaml
+from ..cuda.jpeg import DeviceDecodeLoader, collate_encoded
 from ..models import create_model
 from ..models.factory import resolve_model_name
 from ..weights import CheckpointError, atomic_write, load_pretrained
@@ -80,8 +81,12 @@ def resolve_preprocess(cfg: TrainConfig) -> Preprocess:
 def build_loaders(cfg: TrainConfig, pre: Preprocess, info: DistInfo) -> tuple[DataLoader, DataLoader, list[str], Any]:
     """Train and val loaders (sharded over ranks) and the class names."""
     aug = AugmentSettings(cfg.scale, cfg.ratio, cfg.hflip, cfg.auto_augment, cfg.randaugment_magnitude, cfg.re_prob)
-    train_ds = build_dataset(cfg.data, "train", train_transform(pre, aug), cfg.val_fraction)
-    val_ds = build_dataset(cfg.data, "val", eval_transform(pre), cfg.val_fraction)
+    encoded = cfg.gpu_decode
+    if encoded and info.device.type != "cuda":
+        raise ConfigError("--gpu-decode needs CUDA (nvJPEG); on CPU leave it off")
+    train_tf, val_tf = train_transform(pre, aug), eval_transform(pre)
+    train_ds = build_dataset(cfg.data, "train", train_tf, cfg.val_fraction, encoded=encoded)
+    val_ds = build_dataset(cfg.data, "val", val_tf, cfg.val_fraction, encoded=encoded)
     classes = dataset_classes(train_ds)
     if dataset_classes(val_ds) != classes:
         raise TrainingError(f"--data {cfg.data}: train/ and val/ have different class folders "
@@ -89,7 +94,8 @@ def build_loaders(cfg: TrainConfig, pre: Preprocess, info: DistInfo) -> tuple[Da
     generator = torch.Generator()
     pin = info.device.type == "cuda"
     drop_last = len(train_ds) // info.world_size >= cfg.batch_size
-    common = dict(num_workers=cfg.workers, pin_memory=pin, collate_fn=collate_skip,
+    common = dict(num_workers=cfg.workers, pin_memory=pin and not encoded,
+                  collate_fn=collate_encoded if encoded else collate_skip,
                   persistent_workers=False, generator=generator)
     if info.distributed:
         sampler = torch.utils.data.DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True,
@@ -100,6 +106,9 @@ def build_loaders(cfg: TrainConfig, pre: Preprocess, info: DistInfo) -> tuple[Da
         train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=drop_last, **common)
     val_loader = DataLoader(val_ds, cfg.batch_size, sampler=ShardSampler(len(val_ds), info.rank, info.world_size),
                             **{**common, "generator": None})
+    if encoded:  # workers read the files; the batches are decoded and transformed on the GPU
+        train_loader = DeviceDecodeLoader(train_loader, train_tf, info.device)  # type: ignore[assignment]
+        val_loader = DeviceDecodeLoader(val_loader, val_tf, info.device)  # type: ignore[assignment]
     if len(train_loader) == 0:
         raise TrainingError(f"--data {cfg.data}: no training batches (dataset of {len(train_ds)} images)")
     return train_loader, val_loader, classes, (sampler, generator)
@@ -342,6 +351,8 @@ def _setup(cfg: TrainConfig, info: DistInfo, out_dir: Path) -> Trainer:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    elif info.device.type == "cuda":  # fixed input sizes: let cuDNN time its algorithms once per shape
+        torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)  # the same initial weights on every rank (EMA copies them before DDP would)
     pre = resolve_preprocess(cfg)
     train_loader, val_loader, classes, (sampler, generator) = build_loaders(cfg, pre, info)

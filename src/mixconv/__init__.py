@@ -44,6 +44,13 @@ def evaluate(checkpoint, **options):
     return _evaluate(checkpoint, **options)
 
 
+def quantize_onnx(model, output, **options):
+    """int8 post-training quantization of an exported ONNX file (see :func:`mixconv.deploy.quantize_onnx`)."""
+    from .deploy.quantize import quantize_onnx as _quantize_onnx  # lazy: onnxruntime is the `export` extra
+
+    return _quantize_onnx(model, output, **options)
+
+
 def predict(images, checkpoint, **options):
     """Top-k classes of images (see :func:`mixconv.training.inference.predict`)."""
     from .training.inference import predict as _predict
@@ -56,5 +63,5 @@ __all__ = [
     "get_model_def", "grouped_conv1x1", "list_models", "load_config", "load_pretrained", "optimize_for_inference", "save_checkpoint",
     "save_config", "split_channels",
     "ExportCheck", "ExportError", "convert_checkpoint", "detection_backbone", "export_onnx", "export_program",
-    "export_torchscript", "mixify", "model_from_checkpoint",
+    "export_torchscript", "mixify", "model_from_checkpoint", "quantize_onnx",
 ]

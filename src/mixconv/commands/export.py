@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
         model = mixconv.optimize_for_inference(model.eval())
     opts = dict(img_size=img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, tol=args.tol)
     if args.format == "onnx":
-        opts.update(opset=args.opset, exporter=args.exporter)
+        from ..deploy.metadata import checkpoint_metadata
+
+        opts.update(opset=args.opset, exporter=args.exporter,
+                    metadata=checkpoint_metadata(model, args.checkpoint, img_size))
     name = getattr(model, "model_name", "") or args.model
     try:
         check = export_model(model, args.output, args.format, **opts)

@@ -10,8 +10,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="classify images with a checkpoint (top-k classes and probabilities)",
         description="Classify images with a checkpoint, using its class names and preprocessing.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mixconv training checkpoint (or any "
-                   "checkpoint with --model)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="FILE", help="a mixconv training checkpoint (or any checkpoint with "
+                     "--model)")
+    src.add_argument("--onnx", metavar="FILE", help="an ONNX file (float32 or int8) run by onnxruntime, with the "
+                     "classes and preprocessing stored in it")
     p.add_argument("--model", metavar="NAME|YAML", help="the architecture (default: the checkpoint's own)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--img-size", type=int)
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"--top-k: got {args.top_k}; expected an int >= 1")
     results = predict(args.images, args.checkpoint, model=args.model, top_k=args.top_k, img_size=args.img_size,
-                      crop_pct=args.crop_pct, interpolation=args.interpolation)
+                      crop_pct=args.crop_pct, interpolation=args.interpolation, onnx=args.onnx)
     if args.format == "json":
         print(json.dumps(results, indent=2))
     else:

@@ -18,14 +18,18 @@ from ..config import ConfigError
 from .metadata import OnnxMetadata, read_metadata
 
 
-def ort_session(path: str | Path, threads: Optional[int] = None):
+def ort_session(path: str | Path, threads: Optional[int] = None, spin: bool = True):
     """A CPU onnxruntime session for ``path`` with all graph optimizations and ``threads`` intra-op threads
-    (default: torch's thread count, so ORT and PyTorch are compared on the same cores)."""
+    (default: torch's thread count, so ORT and PyTorch are compared on the same cores). ``spin=False`` stops
+    ORT's idle threads from busy-waiting after each run: in a process that also runs PyTorch (a benchmark),
+    spinning threads would steal its cores."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types

@@ -37,7 +37,7 @@ def train(recipe: str | None = "digits", **settings):
     return _train(recipe, **settings)
 
 
-def evaluate(checkpoint, **options):
+def evaluate(checkpoint=None, **options):
     """Evaluate a checkpoint (see :func:`mixconv.training.inference.evaluate`): top-1, top-5, loss, images/s."""
     from .training.inference import evaluate as _evaluate
 
@@ -51,7 +51,7 @@ def quantize_onnx(model, output, **options):
     return _quantize_onnx(model, output, **options)
 
 
-def predict(images, checkpoint, **options):
+def predict(images, checkpoint=None, **options):
     """Top-k classes of images (see :func:`mixconv.training.inference.predict`)."""
     from .training.inference import predict as _predict
 

@@ -50,7 +50,8 @@ def _pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         fq.to(x.device)
     # Swap the weight parameter for its fake-quantized value for the duration of this call; the optimizer and
     # the state dict keep seeing the parameter, which receives the gradient through the swap.
-    param = module._parameters.pop("weight")
+    param = module._parameters["weight"]
+    module._parameters["weight"] = None  # kept in place (not popped): the parameter order must not change
     module.__dict__["_mixconv_qat_param"] = param  # not setattr: that would register it as a parameter
     module.__dict__["weight"] = fake_quant_weight(param)
     return (fq(x.float()).to(x.dtype), *args[1:])

@@ -192,3 +192,15 @@ def test_benchmark_runtime_onnxruntime_smoke(trained):
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[2:]}
     assert set(rows) == {"ort-fp32", "ort-int8", "torch-optimize"}
     assert all(float(v[2]) > 0 for v in rows.values())
+
+
+def test_onnx_commands_reject_bad_files_without_a_traceback(tmp_path):
+    missing = tmp_path / "missing.onnx"
+    r = run_cli("validate", "--onnx", str(missing))
+    assert r.returncode == 2 and f"{missing}: no such ONNX file" in r.stderr and "Traceback" not in r.stderr
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    r = run_cli("predict", "x.png", "--onnx", str(junk))
+    assert r.returncode == 2 and "junk.onnx" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("quantize", "--onnx", str(missing), "--output", str(tmp_path / "o.onnx"))
+    assert r.returncode == 2 and "missing.onnx" in r.stderr

@@ -18,13 +18,14 @@ from typing import Any, Mapping, Optional
 
 from torch import nn
 
+from ..config import ConfigError
 from ..training.data import Preprocess
 
 PREFIX = "mixconv."
 KEYS = ("preprocess", "classes", "model_name", "data", "val_fraction")
 
 
-class MetadataError(ValueError):
+class MetadataError(ConfigError):
     """An ONNX file whose mixconv metadata is missing or malformed; the message names the file and the key."""
 
 

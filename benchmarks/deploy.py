@@ -7,6 +7,11 @@ Speed: timm's own ONNX export in onnxruntime (the reference), our ``mixconv expo
 int8), and our PyTorch paths (``optimize_for_inference`` eager and ``torch.compile``d), in interleaved rounds
 (medians), all with the same thread count. Accuracy (with ``--checkpoint``): ``mixconv quantize`` of the
 checkpoint, verified on its validation data. Default run: under 5 minutes on a quiet 2-core machine.
+
+On an oversubscribed machine (more runnable threads than cores) PyTorch's OpenMP threads wait at a barrier after
+every op for a descheduled peer: MixNet-S at batch 1 took 2.9 s with 2 threads but 65 ms with 1 thread on this
+project's shared 2-core machine at load 13, while ORT's own thread pool was unaffected. Use ``--threads 1``
+there, or the PyTorch ratios measure the machine's load, not the code.
 """
 from __future__ import annotations
 

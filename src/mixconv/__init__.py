@@ -40,14 +40,21 @@ def train(recipe: str | None = "digits", **settings):
     return _train(recipe, **settings)
 
 
-def evaluate(checkpoint, **options):
+def evaluate(checkpoint=None, **options):
     """Evaluate a checkpoint (see :func:`mixconv.training.inference.evaluate`): top-1, top-5, loss, images/s."""
     from .training.inference import evaluate as _evaluate
 
     return _evaluate(checkpoint, **options)
 
 
-def predict(images, checkpoint, **options):
+def quantize_onnx(model, output, **options):
+    """int8 post-training quantization of an exported ONNX file (see :func:`mixconv.deploy.quantize_onnx`)."""
+    from .deploy.quantize import quantize_onnx as _quantize_onnx  # lazy: onnxruntime is the `export` extra
+
+    return _quantize_onnx(model, output, **options)
+
+
+def predict(images, checkpoint=None, **options):
     """Top-k classes of images (see :func:`mixconv.training.inference.predict`)."""
     from .training.inference import predict as _predict
 
@@ -62,4 +69,5 @@ __all__ = [
     "export_torchscript", "mixify", "model_from_checkpoint", "MixconvInputError",
     "LowPrecisionWarning", "cpu_info",
     "save_pretrained",
+    "quantize_onnx",
 ]

@@ -10,13 +10,15 @@ from .commands import convert as convert_cmd
 from .commands import export as export_cmd
 from .commands import info as info_cmd
 from .commands import predict as predict_cmd
+from .commands import quantize as quantize_cmd
 from .commands import train as train_cmd
 from .commands import validate as validate_cmd
 from .commands import verify as verify_cmd
 from .inputs import MixconvInputError
 from .models.registry import UnknownModelError
 
-COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd, benchmark_cmd, verify_cmd)
+COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd, benchmark_cmd, verify_cmd,
+            quantize_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -187,6 +187,7 @@ def export_onnx(
     exporter: str = "dynamo",
     verify: bool = True,
     tol: float = 1e-4,
+    metadata: Any = None,
 ) -> ExportCheck | None:
     """Export ``model`` to ONNX at ``path`` (atomically) and verify it with ``onnx.checker`` and onnxruntime.
 
@@ -199,9 +200,13 @@ def export_onnx(
             ``"torchscript"`` (the legacy ``torch.onnx.export(dynamo=False)``: about twice as fast, deprecated
             by PyTorch, and it leaves a few shape ops around frozen asymmetric pads).
         verify: read the file back and compare with PyTorch; raises :class:`ExportError` beyond ``tol``.
+        metadata: a :class:`mixconv.deploy.OnnxMetadata` (preprocessing, classes, data) stored in the file's
+            ``metadata_props``; default: the model's own preprocessing at the export size.
     Returns the :class:`ExportCheck` (``None`` with ``verify=False``).
     """
     import onnx
+
+    from .deploy.metadata import model_metadata, set_metadata
 
     if exporter not in ONNX_EXPORTERS:
         raise ValueError(f"unknown ONNX exporter {exporter!r}; expected one of {', '.join(ONNX_EXPORTERS)}")
@@ -225,7 +230,10 @@ def export_onnx(
                 axes = {n: {0: "batch"} for n in ["input", *names]} if dynamic_batch else None
                 torch.onnx.export(net, (example,), tmp, dynamo=False, opset_version=opset, input_names=["input"],
                                   output_names=names, dynamic_axes=axes, do_constant_folding=True)
-        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+        proto = onnx.load(tmp)
+        set_metadata(proto, metadata if metadata is not None else model_metadata(model, tuple(shape[2:])))
+        onnx.save(proto, tmp)
+        onnx.checker.check_model(proto, full_check=True)
 
     atomic_write(path, write)
     if not verify:

@@ -280,18 +280,21 @@ def write_report(out_dir: str | Path, preds: Predictions, classes: Sequence[str]
     return paths
 
 
-def report_from_checkpoint(out_dir: str | Path, checkpoint: str | Path, *, model: Optional[str] = None,
+def report_from_checkpoint(out_dir: str | Path, checkpoint: Optional[str | Path] = None, *, model: Optional[str] = None,
                            data: Optional[str] = None, batch_size: int = 64, workers: int = 0, amp: str = "none",
                            channels_last: bool = False, img_size: Optional[int] = None,
                            crop_pct: Optional[float] = None, interpolation: Optional[str] = None,
-                           device: Optional[str] = None) -> dict[str, Any]:
-    """``mixconv validate --report DIR``: one pass over the val data with a PyTorch checkpoint, the report
-    written to ``out_dir``, and the same results dict as :func:`mixconv.training.inference.evaluate`."""
+                           device: Optional[str] = None, onnx: Optional[str | Path] = None) -> dict[str, Any]:
+    """``mixconv validate --report DIR``: one pass over the val data with a PyTorch checkpoint (or ``onnx``, an
+    ONNX file run by onnxruntime), the report written to ``out_dir``, and the same results dict as
+    :func:`mixconv.training.inference.evaluate`."""
     from .training.engine import autocast
-    from .training.inference import load_model, val_dataset
+    from .training.inference import load_source, val_dataset
 
-    loaded = load_model(checkpoint, model, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
-    ds, data = val_dataset(loaded, data, checkpoint)
+    loaded = load_source(checkpoint, model, onnx, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
+    ds, data = val_dataset(loaded, data, onnx if onnx is not None else checkpoint)
+    if onnx is not None:
+        device, amp, channels_last = "cpu", "none", False  # onnxruntime's CPU provider takes float32 NCHW
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = loaded.model.to(dev).eval()
     if channels_last:

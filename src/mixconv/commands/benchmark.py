@@ -313,6 +313,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--optimize", action="store_true", help="mixconv.optimize_for_inference (the inference cases)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="onnxruntime: our fp32 and int8 ONNX exports in ORT next to our PyTorch path (with "
+                        "--compare timm: timm's ONNX export in ORT and timm eager too)")
     p.add_argument("--compare", choices=("timm",), help="also time timm's same-named model, interleaved")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-gflops", type=float, help="the device's peak GFLOP/s: report the %% of it reached")
@@ -343,6 +346,10 @@ def run(args: argparse.Namespace) -> int:
         return run_cuda(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.runtime == "onnxruntime":
+        from ..deploy.bench import run_from_args
+
+        return run_from_args(args)
     modes = ("train", "infer") if args.mode == "both" else (args.mode,)
     base = Case(model="", dtype=args.dtype, channels_last=args.channels_last, compile=args.compile)
     cases = []

@@ -55,14 +55,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("mixconv export: error: give --model and/or --checkpoint", file=sys.stderr)
         return 2
+    from ..deploy.metadata import checkpoint_metadata
+
+    metadata = checkpoint_metadata(model, args.checkpoint)  # before --optimize, which may drop model.meta
     img_size = args.img_size
-    if img_size is None and getattr(model, "meta", None) is not None:
-        img_size = tuple(model.meta.input_size[1:])  # taken before --optimize, which may drop the metadata
+    if img_size is None and metadata.preprocess is not None:  # a training checkpoint's size, else the model's
+        img_size = (metadata.preprocess.img_size, metadata.preprocess.img_size)
     if args.optimize:
         model = mixconv.optimize_for_inference(model.eval())
     opts = dict(img_size=img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, tol=args.tol)
     if args.format == "onnx":
-        opts.update(opset=args.opset, exporter=args.exporter)
+        from dataclasses import replace
+
+        opts.update(opset=args.opset, exporter=args.exporter,
+                    metadata=replace(metadata, preprocess=replace(metadata.preprocess, img_size=img_size[0])))
     name = getattr(model, "model_name", "") or args.model
     try:
         check = export_model(model, args.output, args.format, **opts)

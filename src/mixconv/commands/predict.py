@@ -10,8 +10,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="classify images with a checkpoint (top-k classes and probabilities)",
         description="Classify images with a checkpoint, using its class names and preprocessing.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", required=True, metavar="FILE|DIR", help="a mixconv training checkpoint, a "
-                   "folder in timm's hub layout (or any checkpoint with --model)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="FILE|DIR", help="a mixconv training checkpoint, a folder in timm's hub "
+                     "layout (or any checkpoint with --model)")
+    src.add_argument("--onnx", metavar="FILE", help="an ONNX file (float32 or int8) run by onnxruntime, with the "
+                     "classes and preprocessing stored in it")
     p.add_argument("--model", metavar="NAME|YAML", help="the architecture (default: the checkpoint's own)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--img-size", type=int)
@@ -31,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: got {args.top_k}; expected an int >= 1")
+    if args.cam and args.onnx:
+        raise ConfigError("--cam needs a PyTorch model (--checkpoint): Grad-CAM takes gradients, an ONNX file has none")
     results = predict(args.images, args.checkpoint, model=args.model, top_k=args.top_k, img_size=args.img_size,
-                      crop_pct=args.crop_pct, interpolation=args.interpolation)
+                      crop_pct=args.crop_pct, interpolation=args.interpolation, onnx=args.onnx)
     if args.cam:
         from ..cam import save_cams
 

@@ -52,6 +52,8 @@ _RUNTIME = (
 _BOOLS = (
     ("--deterministic", "deterministic algorithms (for exact resume/replay)"),
     ("--freeze-backbone", "train the classifier only"),
+    ("--qat", "quantization-aware fine-tuning (int8 fake quantization as onnxruntime's; start from --pretrained, "
+              "then `mixconv quantize --checkpoint`)"),
     ("--nesterov", "Nesterov momentum (SGD)"),
     ("--channels-last", "channels-last memory format"),
     ("--compile", "torch.compile the model"),

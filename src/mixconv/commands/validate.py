@@ -11,8 +11,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "validate", help="evaluate a checkpoint: top-1, top-5, loss, images/s",
         description="Evaluate a checkpoint. A mixconv training checkpoint needs nothing else (it knows its model, "
                     "classes, preprocessing and data); a timm checkpoint needs --model and --data.")
-    p.add_argument("--checkpoint", required=True, metavar="FILE|DIR",
-                   help="a mixconv (.safetensors) or timm checkpoint, or a folder in timm's hub layout")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="FILE|DIR",
+                     help="a mixconv (.safetensors) or timm checkpoint, or a folder in timm's hub layout")
+    src.add_argument("--onnx", metavar="FILE", help="an ONNX file (float32 or int8), run by onnxruntime on the CPU "
+                                                    "with the preprocessing stored in it by `mixconv export`")
     p.add_argument("--model", metavar="NAME|YAML", help="the architecture (default: the checkpoint's own)")
     p.add_argument("--data", metavar="digits|DIR",
                    help="'digits' or an ImageFolder of val images (or a root with val/); default: the checkpoint's")
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         evaluate = partial(report_from_checkpoint, args.report)
     results = evaluate(args.checkpoint, model=args.model, data=args.data, batch_size=args.batch_size,
                        workers=args.workers, amp=args.amp, channels_last=args.channels_last, img_size=args.img_size,
-                       crop_pct=args.crop_pct, interpolation=args.interpolation, device=args.device)
+                       crop_pct=args.crop_pct, interpolation=args.interpolation, device=args.device,
+                       onnx=args.onnx)
     if args.results_file:
         write_results(args.results_file, results)
     if args.format == "json":

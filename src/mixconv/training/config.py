@@ -33,6 +33,7 @@ class TrainConfig:
     pretrained: Optional[str] = None
     num_classes: Optional[int] = None  # None: the number of classes in the data
     freeze_backbone: bool = False
+    qat: bool = False  # quantization-aware training (fake int8 as onnxruntime's); fine-tune from --pretrained
     drop_rate: Optional[float] = None  # None: the variant's
     drop_path_rate: float = 0.0
     bn_momentum: Optional[float] = None  # PyTorch convention (TF 0.99 == 0.01 here); None: keep 0.1

@@ -73,16 +73,36 @@ def _meta_preprocess(model: Optional[str]) -> Preprocess:
     return Preprocess(meta.input_size[-1], meta.crop_pct, meta.interpolation, tuple(meta.mean), tuple(meta.std))
 
 
-def evaluate(checkpoint: str | Path, *, model: Optional[str] = None, data: Optional[str] = None,
+def load_source(checkpoint: Optional[str | Path], model: Optional[str], onnx: Optional[str | Path],
+          **pre: Any) -> Loaded:
+    """A PyTorch checkpoint or (``onnx``) an ONNX file run by onnxruntime, with its classes and preprocessing."""
+    if onnx is not None:
+        if checkpoint is not None or model is not None:
+            raise ConfigError("--onnx FILE runs the ONNX file alone; drop --checkpoint/--model")
+        from ..deploy.runtime import load_onnx
+
+        return load_onnx(onnx, **pre)
+    if checkpoint is None:
+        raise ConfigError("give a checkpoint (--checkpoint FILE) or an ONNX file (--onnx FILE)")
+    return load_model(checkpoint, model, **pre)
+
+
+def evaluate(checkpoint: Optional[str | Path] = None, *, model: Optional[str] = None, data: Optional[str] = None,
              batch_size: int = 64, workers: int = 0, amp: str = "none", channels_last: bool = False,
              img_size: Optional[int] = None, crop_pct: Optional[float] = None,
-             interpolation: Optional[str] = None, device: Optional[str] = None) -> dict[str, Any]:
+             interpolation: Optional[str] = None, device: Optional[str] = None,
+             onnx: Optional[str | Path] = None) -> dict[str, Any]:
     """Top-1, top-5 (percent), mean loss and images/s of a checkpoint on ``data`` (default: its own val data).
 
     ``data`` is ``digits`` or a directory of val images in class folders (or a root holding ``val/``).
+    ``onnx`` evaluates an ONNX file (float32 or int8) in onnxruntime on the CPU instead, with the preprocessing
+    stored in its metadata.
     """
-    loaded = load_model(checkpoint, model, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
-    ds, data = val_dataset(loaded, data, checkpoint)
+    loaded = load_source(checkpoint, model, onnx, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
+    source = onnx if onnx is not None else checkpoint
+    ds, data = val_dataset(loaded, data, source)
+    if onnx is not None:
+        device, amp, channels_last = "cpu", "none", False  # onnxruntime's CPU provider takes float32 NCHW
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = loaded.model.to(dev)
     if channels_last:
@@ -97,14 +117,14 @@ def evaluate(checkpoint: str | Path, *, model: Optional[str] = None, data: Optio
                                 "above); expected readable image files")
     return {"top1": stats.top1, "top5": stats.top5, "loss": stats.loss,
             "images_per_s": stats.images / seconds if seconds > 0 else 0.0, "images": stats.images,
-            "skipped_images": stats.skipped, "checkpoint": str(checkpoint), "data": data}
+            "skipped_images": stats.skipped, "checkpoint": str(source), "data": data}
 
 
 def val_dataset(loaded: Loaded, data: Optional[str], checkpoint: str | Path) -> tuple[Any, str]:
     """The val images of ``data`` (default: the checkpoint's), preprocessed and in the checkpoint's class order."""
     data = data or loaded.data
     if not data:
-        raise ConfigError(f"{checkpoint}: the checkpoint names no data set; pass --data digits|DIR")
+        raise ConfigError(f"{checkpoint}: the model names no data set; pass --data digits|DIR")
     ds = build_dataset(data, "val", eval_transform(loaded.preprocess), loaded.val_fraction)
     _align_classes(ds, loaded, data)
     return ds, data
@@ -147,11 +167,13 @@ def write_results(path: str | Path, results: dict[str, Any]) -> Path:
 
 
 @torch.no_grad()
-def predict(images: Sequence[str | Path], checkpoint: str | Path, *, model: Optional[str] = None, top_k: int = 5,
-            img_size: Optional[int] = None, crop_pct: Optional[float] = None,
-            interpolation: Optional[str] = None) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities per image; unreadable images are reported with an ``error``."""
-    loaded = load_model(checkpoint, model, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
+def predict(images: Sequence[str | Path], checkpoint: Optional[str | Path] = None, *, model: Optional[str] = None,
+            top_k: int = 5, img_size: Optional[int] = None, crop_pct: Optional[float] = None,
+            interpolation: Optional[str] = None, onnx: Optional[str | Path] = None) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities per image; unreadable images are reported with an ``error``.
+    ``onnx`` runs an ONNX file (float32 or int8) in onnxruntime instead of a checkpoint."""
+
+    loaded = load_source(checkpoint, model, onnx, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
     transform = eval_transform(loaded.preprocess)
     n_classes = getattr(loaded.model, "num_classes", 0)
     classes = loaded.classes or [str(i) for i in range(n_classes)]

@@ -123,6 +123,10 @@ def build_model(cfg: TrainConfig, num_classes: int, info: DistInfo) -> nn.Module
         nn.init.zeros_(model.classifier.weight)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)  # a classifier of another size stays as initialised above
+    if cfg.qat:  # quantization-aware fine-tuning: fake quantization as onnxruntime's int8 (mixconv.deploy.qat)
+        from ..deploy.qat import setup_qat
+
+        setup_qat(model, cfg)
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("classifier."))

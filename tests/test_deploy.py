@@ -1,0 +1,206 @@
+"""Deployment: ONNX metadata, validate/predict --onnx, int8 quantization, QAT and the onnxruntime benchmark."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_train_fixtures import TINY_YAML, run_cli, tiny_settings
+
+import mixconv
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from mixconv.deploy.metadata import read_metadata  # noqa: E402
+from mixconv.deploy.qat import fake_quant_weight, prepare_qat, qat_observers, remove_qat  # noqa: E402
+from mixconv.training.data import DigitsDataset  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and does not thrash a shared CPU
+    yield
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny MixNet trained on digits for one epoch (32 px), its checkpoint and its fp32 ONNX export."""
+    root = tmp_path_factory.mktemp("deploy")
+    (root / "tiny.yaml").write_text(TINY_YAML)
+    torch.set_num_threads(1)
+    summary = mixconv.train(None, **tiny_settings(str(root / "tiny.yaml"), "digits", root / "run", epochs=1,
+                                                  batch_size=64, lr_base_size=64, lr=0.01))
+    ckpt = summary["best_checkpoint"]
+    fp32 = root / "fp32.onnx"
+    r = run_cli("export", "--checkpoint", ckpt, "--format", "onnx", "--output", str(fp32), "--optimize")
+    assert r.returncode == 0, r.stderr
+    return root, ckpt, fp32
+
+
+def _digit_pngs(tmp_path, n=3):
+    ds = DigitsDataset("val")
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"digit_{i}.png"
+        Image.fromarray(ds.images[i].permute(1, 2, 0).numpy()).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_export_stores_the_checkpoints_preprocessing_classes_and_data(trained):
+    _, ckpt, fp32 = trained
+    meta = read_metadata(fp32)
+    from mixconv.training.state import read_training_checkpoint
+
+    extra = read_training_checkpoint(ckpt)[1]
+    assert meta.preprocess.to_dict() == extra["preprocess"]
+    assert meta.classes == [str(i) for i in range(10)] and meta.data == "digits"
+
+
+def test_validate_onnx_equals_the_checkpoint(trained):
+    _, ckpt, fp32 = trained
+    ref = mixconv.evaluate(ckpt, device="cpu")
+    got = mixconv.evaluate(onnx=fp32)
+    assert got["images"] == ref["images"] == 360
+    assert got["top1"] == pytest.approx(ref["top1"], abs=0.3)  # float32 both; at most one image may flip
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-3)
+    r = run_cli("validate", "--onnx", str(fp32), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["top1"] == pytest.approx(got["top1"])
+    r = run_cli("validate", "--onnx", str(fp32), "--checkpoint", ckpt)
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+def test_predict_onnx_fp32_and_int8_agree_with_the_checkpoint(trained, tmp_path):
+    root, ckpt, fp32 = trained
+    paths = _digit_pngs(tmp_path)
+    int8 = root / "predict-int8.onnx"
+    mixconv.quantize_onnx(fp32, int8, verify=False)
+    ref = mixconv.predict(paths, ckpt, top_k=2)
+    for path in (fp32, int8):
+        r = run_cli("predict", *paths, "--onnx", str(path), "--top-k", "2", "--format", "json")
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert [g["top"][0]["class"] for g in got] == [g["top"][0]["class"] for g in ref]
+        if path == fp32:
+            assert got[0]["top"][0]["prob"] == pytest.approx(ref[0]["top"][0]["prob"], abs=1e-4)
+
+
+def _dq_weight_inputs(path):
+    """{initializer name: axis} of the DequantizeLinear nodes that dequantize weights (initializers)."""
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    out = {}
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+            scale = onnx.numpy_helper.to_array(inits[n.input[1]])
+            out[n.input[0]] = (axis, scale.size, inits[n.input[0]].data_type)
+    return out
+
+
+def test_quantize_cli_writes_per_channel_qdq_int8_and_reports(trained):
+    root, _, fp32 = trained
+    int8 = root / "int8.onnx"
+    r = run_cli("quantize", "--onnx", str(fp32), "--output", str(int8), "--calib-images", "64", "--val-images", "120",
+                "--speed-batches", "1", "--max-drop", "100", "--min-agreement", "0")
+    assert r.returncode == 0, r.stderr + r.stdout
+    for text in ("top-1 on 120 validation images: fp32", "agreement", "largest logit difference", "file sizes",
+                 "int8 vs fp32 in onnxruntime on this machine: batch 1", "OK: within the bound"):
+        assert text in r.stdout
+    weights = _dq_weight_inputs(int8)
+    convs = [v for k, v in weights.items() if "weight" in k]
+    assert len(convs) >= 8
+    # int8 weights, one scale per output channel (axis 0) for every conv with more than one channel
+    assert all(dtype == onnx.TensorProto.INT8 for _, _, dtype in convs)
+    assert sum(1 for axis, n, _ in convs if n > 1 and axis == 0) >= len(convs) - 1
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    assert read_metadata(int8) == read_metadata(fp32)  # the int8 file keeps the preprocessing
+
+
+def test_quantize_excludes_groups_and_reports_sensitivity(trained):
+    root, _, fp32 = trained
+    int8 = root / "int8-excl.onnx"
+    r = run_cli("quantize", "--onnx", str(fp32), "--output", str(int8), "--calib-images", "32", "--val-images",
+                "60", "--speed-batches", "--exclude", "stem", "se", "classifier", "--min-agreement", "101",
+                "--method", "percentile")
+    assert r.returncode == 1, r.stderr  # an impossible bound: the sensitivity report must follow
+    assert "FAILED: outside the bound" in r.stdout and "dB" in r.stdout
+    weights = _dq_weight_inputs(int8)
+    assert not any(k.startswith(("stem.", "classifier.")) or ".se." in k for k in weights), sorted(weights)
+    assert any(k.startswith("stages.") and ".se." not in k for k in weights)
+    bad = run_cli("quantize", "--onnx", str(fp32), "--output", str(root / "x.onnx"), "--exclude", "nosuchlayer")
+    assert bad.returncode == 2 and "--exclude nosuchlayer" in bad.stderr and "stem" in bad.stderr
+
+
+def test_fake_quant_weight_is_onnxruntimes_per_channel_symmetric_int8():
+    w = torch.randn(6, 3, 3, 3) * torch.tensor([1e-3, 0.1, 1, 10, 100, 1])[:, None, None, None]
+    scale = w.abs().flatten(1).amax(1) / 127
+    expected = (w / scale[:, None, None, None]).round().clamp(-127, 127) * scale[:, None, None, None]
+    assert torch.allclose(fake_quant_weight(w), expected, rtol=1e-6, atol=0)
+    # per-channel symmetric rounding ignores a per-channel rescaling (what BatchNorm folding does)
+    s = torch.tensor([0.5, 2.0, 3.0, 0.1, 7.0, 1.5])[:, None, None, None]
+    assert torch.allclose(fake_quant_weight(w * s), fake_quant_weight(w) * s, rtol=1e-5)
+
+
+def test_prepare_qat_keeps_the_state_dict_and_trains_through_fake_quant(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    model = mixconv.create_model(str(tmp_path / "tiny.yaml"), num_classes=4)
+    x = torch.randn(4, 3, 32, 32)
+    keys = list(model.state_dict())
+    prepare_qat(model)
+    assert list(model.state_dict()) == keys
+    model.train()
+    model(x).sum().backward()  # observers see data; every weight gets a gradient through the rounding
+    assert all(p.grad is not None for p in model.parameters())
+    assert all(isinstance(p, torch.nn.Parameter) for n, p in model.named_parameters())
+    obs = qat_observers(model)
+    assert "stem.conv" in obs and "classifier" in obs and float(obs["stem.conv"].scale) > 0
+    model.eval()
+    with torch.no_grad():
+        fq = model(x)
+        remove_qat(model)
+        ref = model(x)
+    assert not torch.equal(fq, ref) and torch.allclose(fq, ref, atol=0.1 * ref.abs().max().item() + 1e-3)
+    assert list(model.state_dict()) == keys and not qat_observers(model)
+
+
+def test_train_qat_fine_tunes_a_checkpoint_that_quantizes(trained, tmp_path):
+    root, ckpt, _ = trained
+    summary = mixconv.train(None, **tiny_settings(str(root / "tiny.yaml"), "digits", tmp_path / "qat", epochs=1,
+                                                  batch_size=128, lr_base_size=128, lr=0.001, qat=True,
+                                                  pretrained=ckpt))
+    out = tmp_path / "qat-int8.onnx"
+    r = run_cli("quantize", "--checkpoint", summary["best_checkpoint"], "--output", str(out), "--calib-images",
+                "32", "--val-images", "60", "--speed-batches", "--max-drop", "100", "--min-agreement", "0")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert (tmp_path / "qat-int8.fp32.onnx").is_file() and out.is_file()
+    assert mixconv.evaluate(onnx=out)["images"] == 360
+    bad = run_cli("train", "--model", str(root / "tiny.yaml"), "--qat", "--compile", "--epochs", "1",
+                  "--output", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--qat cannot be combined with --compile" in bad.stderr
+
+
+def test_benchmark_runtime_onnxruntime_smoke(trained):
+    root, _, _ = trained
+    r = run_cli("benchmark", "--runtime", "onnxruntime", "--model", str(root / "tiny.yaml"), "--img-size", "32",
+                "--batch-size", "2", "--rounds", "1", "--warmup", "0")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[2:]}
+    assert set(rows) == {"ort-fp32", "ort-int8", "torch-optimize"}
+    assert all(float(v[2]) > 0 for v in rows.values())
+
+
+def test_onnx_commands_reject_bad_files_without_a_traceback(tmp_path):
+    missing = tmp_path / "missing.onnx"
+    r = run_cli("validate", "--onnx", str(missing))
+    assert r.returncode == 2 and f"{missing}: no such ONNX file" in r.stderr and "Traceback" not in r.stderr
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    r = run_cli("predict", "x.png", "--onnx", str(junk))
+    assert r.returncode == 2 and "junk.onnx" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("quantize", "--onnx", str(missing), "--output", str(tmp_path / "o.onnx"))
+    assert r.returncode == 2 and "missing.onnx" in r.stderr

@@ -255,10 +255,12 @@ class MixConv2d(nn.Module):
         return torch.cat(out, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():  # TorchScript (eval/export only) runs no autocast
-            dtype = autocast_dtype(x)
-            if dtype is not None and runs_emulated(dtype, x.device):
-                return self.forward_float32(x, dtype)
+        # TorchScript (eval/export only) runs no autocast; an FX trace records the plain computation.
+        if not torch.jit.is_scripting():
+            if not isinstance(x, torch.fx.Proxy):
+                dtype = autocast_dtype(x)
+                if dtype is not None and runs_emulated(dtype, x.device):
+                    return self.forward_float32(x, dtype)
         return self.forward_impl(x)
 
     @torch.jit.unused

@@ -293,7 +293,8 @@ class MixConv2d(nn.Module):
         return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():  # TorchScript (eval/export only) runs no autocast
+        # TorchScript (eval/export only) runs no autocast; an FX trace records the plain computation.
+        if not torch.jit.is_scripting() and not isinstance(x, torch.fx.Proxy):
             if self._runs_triton(x):
                 return self.forward_triton(x)
             dtype = autocast_dtype(x)

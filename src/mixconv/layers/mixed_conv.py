@@ -293,8 +293,15 @@ class MixConv2d(nn.Module):
         return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # TorchScript (eval/export only) runs no autocast; an FX trace records the plain computation.
-        if not torch.jit.is_scripting() and not isinstance(x, torch.fx.Proxy):
+        if torch.jit.is_scripting():  # TorchScript (eval/export only) runs no autocast and no Triton
+            return self.forward_impl(x)
+        return self.forward_eager(x)
+
+    @torch.jit.unused
+    def forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The Triton kernels where asked for (CUDA), float32 under autocast to a dtype this CPU only emulates,
+        else :meth:`forward_impl`. An FX trace records the plain computation."""
+        if not isinstance(x, torch.fx.Proxy):
             if self._runs_triton(x):
                 return self.forward_triton(x)
             dtype = autocast_dtype(x)

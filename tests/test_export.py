@@ -1,6 +1,8 @@
 """Export to ONNX, TorchScript and ExportedProgram, each verified against PyTorch after writing."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -48,6 +50,14 @@ def test_onnx_dynamo_exporter_static_graph(name, tmp_path):
     # TF SAME padding is frozen at the export size: nothing computes pads from shapes.
     assert not {"Shape", "Gather", "ConstantOfShape", "Pad"} & set(counts)
     assert counts["Conv"] > 0
+    # One self-contained file with the mode open() would give it: no weights left in a hidden ".data" file
+    # beside it, and not mkstemp's 0600.
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    assert not [t.name for t in onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)

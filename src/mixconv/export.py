@@ -230,7 +230,8 @@ def export_onnx(
                 axes = {n: {0: "batch"} for n in ["input", *names]} if dynamic_batch else None
                 torch.onnx.export(net, (example,), tmp, dynamo=False, opset_version=opset, input_names=["input"],
                                   output_names=names, dynamic_axes=axes, do_constant_folding=True)
-        proto = onnx.load(tmp)
+        proto = onnx.load(tmp)  # with the weights the dynamo exporter may have put in "<tmp>.data"
+        Path(tmp + ".data").unlink(missing_ok=True)  # re-saved inside the model below
         set_metadata(proto, metadata if metadata is not None else model_metadata(model, tuple(shape[2:])))
         onnx.save(proto, tmp)
         onnx.checker.check_model(proto, full_check=True)

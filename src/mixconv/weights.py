@@ -294,6 +294,12 @@ def load_pretrained(model: nn.Module, path: str | Path, *, use_ema: bool = False
     return model
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; restored at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Any) -> Path:
     """Call ``write(tmp_path)`` then fsync and rename over ``path``: a crash leaves the old file intact."""
     path = Path(path)
@@ -302,6 +308,7 @@ def atomic_write(path: str | Path, write: Any) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the mode open() would give it
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -4,7 +4,8 @@ Why: onnxruntime's int8 ``QLinearConv`` runs a grouped 1x1 conv (MixNet's group-
 by group, with an NHWC channel gather per group, and is no faster than the float32 NCHWc kernel; a dense 1x1
 conv is one u8s8 GEMM on the VNNI/AMX kernels. Measured on MixNet-S 224 in ORT 1.32 (2-core Xeon with
 avx512_vnni + AMX, busy machine, interleaved medians): int8 over our float32 export 0.96-0.98x at batch 1 and
-1.14x at batch 32 with grouped convs; 1.12-1.25x and 1.33x with all of them dense. Splitting them into one
+0.99-1.14x at batch 32 with grouped convs; 1.12-1.25x and 1.33x with all of them dense, 1.05-1.14x and 1.15x
+with the default ``max_zeros`` (the same file without densify in the same runs: 0.90-0.98x, 0.99x). Splitting them into one
 conv per group instead gave 1.02x (the Split/Concat copies eat the gain). Dense weights double the MACs and
 the weights of those convs, so only convs whose added zeros stay within ``max_zeros`` weights are rewritten:
 the early high-resolution stages, where the time is; the late wide ones (1200->200) would grow the int8 file

@@ -204,3 +204,29 @@ def test_onnx_commands_reject_bad_files_without_a_traceback(tmp_path):
     assert r.returncode == 2 and "junk.onnx" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("quantize", "--onnx", str(missing), "--output", str(tmp_path / "o.onnx"))
     assert r.returncode == 2 and "missing.onnx" in r.stderr
+
+
+def test_densify_grouped_pointwise_keeps_outputs_and_leaves_depthwise_and_big_convs(tmp_path):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mixconv.deploy.densify import densify_grouped_pointwise
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in (
+        ("pw", (12, 4, 1, 1)), ("pwb", (12,)), ("dw", (12, 1, 3, 3)), ("big", (9, 4, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "pw", "pwb"], ["a"], group=2, name="pw"),  # 8 -> 12, 2 groups
+             helper.make_node("Conv", ["a", "dw"], ["b"], group=12, pads=[1, 1, 1, 1], name="dw"),
+             helper.make_node("Conv", ["b", "big"], ["y"], group=3, name="big")]  # 12 -> 9, 3 groups
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 9, 5, 5])], inits)
+    src, dst = tmp_path / "g.onnx", tmp_path / "d.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    # "pw" adds 48 zeros, "big" 72: a limit of 50 rewrites only "pw"
+    assert densify_grouped_pointwise(src, dst, max_zeros=50) == 1
+    groups = {n.name: next(a.i for a in n.attribute if a.name == "group") for n in onnx.load(str(dst)).graph.node}
+    assert groups == {"pw": 1, "dw": 12, "big": 3}
+    x = rng.standard_normal((1, 8, 5, 5)).astype(np.float32)
+    run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0] for p in (src, dst)]
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-5)
+    assert densify_grouped_pointwise(src, dst, max_zeros=10**6) == 2

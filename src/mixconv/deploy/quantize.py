@@ -4,6 +4,7 @@ The recipe (what ORT's x86/Arm int8 kernels are fastest and most accurate with):
 
 - ``quant_pre_process`` first (symbolic shape inference and ORT's graph fusions, so that quantization sees
   the graph that will run);
+- small grouped 1x1 convs made dense (block-diagonal weights; ORT's int8 grouped conv is slow: densify.py);
 - QDQ format (QuantizeLinear/DequantizeLinear pairs around float ops; ORT fuses them into int8 kernels);
 - weights int8, symmetric, per output channel: depthwise MixConv kernels and folded BatchNorms give channels
   whose ranges differ by orders of magnitude, which per-tensor scales would crush;
@@ -30,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import ConfigError
+from .densify import MAX_ZEROS, densify_grouped_pointwise
 from .metadata import OnnxMetadata, read_metadata, write_metadata
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -50,6 +52,7 @@ class QuantizeSettings:
     reduce_range: bool = False  # 7-bit weights: for int8 GEMMs without VNNI (u8s8 saturation)
     exclude: tuple[str, ...] = ()  # groups, module paths or node names kept in float
     percentile: float = 99.999
+    dense_max_zeros: int = MAX_ZEROS  # grouped 1x1 convs made dense for the int8 GEMM (see densify.py); 0: none
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -59,6 +62,8 @@ class QuantizeSettings:
                               f"{', '.join(ACTIVATION_TYPES)}")
         if self.calib_images < 1:
             raise ConfigError(f"calib_images: got {self.calib_images}; expected an int >= 1")
+        if self.dense_max_zeros < 0:
+            raise ConfigError(f"dense_max_zeros: got {self.dense_max_zeros}; expected an int >= 0")
 
 
 @dataclass
@@ -196,6 +201,8 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix="mixconv-quantize-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(model), str(pre))
+        if settings.dense_max_zeros > 0:
+            densify_grouped_pointwise(pre, pre, settings.dense_max_zeros)
         reader = _Reader(input_name, _batches(_sample(calib_ds, settings.calib_images), 16))
         atomic_write(output, lambda out: quantize_static(
             str(pre), out, reader, quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,

@@ -19,7 +19,8 @@ from test_train_fixtures import REPO, cli_args, image_folder, tiny_model, tiny_s
 
 import mixconv
 from mixconv.training import TrainingError
-from mixconv.training.state import load_state, weights_sha256
+from mixconv.integrity import tensors_sha256
+from mixconv.training.state import load_state
 from mixconv.weights import read_checkpoint
 
 needs_gloo = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -158,4 +159,4 @@ def test_two_torchrun_agents_train_one_run(tiny_model, image_folder, tmp_path):
     assert [int(r["epoch"]) for r in rows(out)] == [1, 2]
     # each rank hashed its own final weights; they are equal, and equal to what rank 0 saved
     saved, _ = read_checkpoint(out / "last.safetensors")
-    assert summary["final_weights_sha256"] == [weights_sha256(saved)] * 2
+    assert summary["final_weights_sha256"] == [tensors_sha256(saved)] * 2

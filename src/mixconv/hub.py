@@ -29,6 +29,7 @@ from .weights import (
     CheckpointError,
     atomic_write,
     check_state_dict,
+    header_extra,
     is_timm_state_dict,
     mixconv_to_timm,
     read_checkpoint,
@@ -315,16 +316,6 @@ __all__ = ["HubConfig", "convert_hub", "create_from_hub", "hub_weights_file", "i
            "read_hub_checkpoint", "read_hub_config", "save_pretrained"]
 
 
-def _header_extra(path: str | Path) -> dict[str, Any]:
-    """The ``extra`` JSON of a mixconv checkpoint's header ({} for other files)."""
-    _, meta = read_checkpoint(path)
-    try:
-        extra = json.loads(meta.get("extra") or "{}")
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: the checkpoint header's 'extra' field is not valid JSON") from None
-    return extra if isinstance(extra, dict) else {}
-
-
 _RESULT_KEYS = ("data", "epoch", "val_top1", "val_top5", "val_loss")
 
 
@@ -347,8 +338,9 @@ def convert_hub(src: str | Path, dst: str | Path, model: Optional[str | Path] = 
         if Path(src).is_dir():
             read_hub_config(src)  # raises: a folder without config.json
         net = model_from_checkpoint(src, model)
-        extra = _header_extra(src)
-        direction = ("timm->" if is_timm_state_dict(read_checkpoint(src)[0]) else "mixconv->")
+        sd, meta = read_checkpoint(src)
+        extra = header_extra(meta, src)
+        direction = "timm->" if is_timm_state_dict(sd) else "mixconv->"
     if is_folder_output(dst):
         results = {k: extra[k] for k in _RESULT_KEYS if k in extra}
         save_pretrained(net, dst_path, classes=extra.get("classes"), preprocess=extra.get("preprocess"),

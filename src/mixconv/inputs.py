@@ -214,13 +214,16 @@ def load_onnx(path: str | Path, *, check: bool = True, error: ErrorType = Mixcon
     return model
 
 
-def onnx_session(path: str | Path, error: ErrorType = MixconvInputError) -> Any:
-    """An onnxruntime CPU ``InferenceSession`` for a file that :func:`load_onnx` accepts."""
+def onnx_session(path: str | Path, error: ErrorType = MixconvInputError, options: Any = None,
+                 check: bool = True) -> Any:
+    """An onnxruntime CPU ``InferenceSession`` (with ``options``, an ``ort.SessionOptions``) for a file that
+    :func:`load_onnx` accepts; ``check=False`` leaves the file to onnxruntime's own checks."""
     import onnxruntime as ort
 
-    load_onnx(path, error=error)
+    if check:
+        load_onnx(path, error=error)
     try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's pybind errors (InvalidProtobuf, Fail, ...)
         raise error(f"{path}: onnxruntime cannot load it ({_first_line(e)}); expected {ONNX_EXPECTED}") from None
 

@@ -49,16 +49,29 @@ def read_checkpoint(path: str | Path, use_ema: bool = False) -> tuple[dict[str, 
 
         return read_hub_checkpoint(path, use_ema)
     path = check_file(path, CHECKPOINT_EXPECTED, CheckpointError)
-    _raise_if_corrupted(path, hub_check(path))
+    raise_if_corrupted(path, hub_check(path))
     if path.suffix == ".safetensors":
         sd, meta = read_safetensors(path)
     else:
         sd, meta = unnest_state_dict(load_torch_file(path, CHECKPOINT_EXPECTED), path, use_ema), {}
-    _raise_if_corrupted(path, recorded_check(sd, meta))
+    raise_if_corrupted(path, recorded_check(sd, meta))
     return sd, meta
 
 
-def _raise_if_corrupted(path: Path, check: HashCheck | None) -> None:
+def header_extra(meta: Mapping[str, str], path: str | Path) -> dict[str, Any]:
+    """The ``extra`` JSON (classes, preprocessing, data, results) of a mixconv checkpoint's header ``meta``; ``{}``
+    for other files."""
+    if not meta.get("extra"):
+        return {}
+    try:
+        extra = json.loads(meta["extra"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: the checkpoint header's 'extra' field is not valid JSON") from None
+    return extra if isinstance(extra, dict) else {}
+
+
+def raise_if_corrupted(path: Path, check: HashCheck | None) -> None:
+    """Raise :class:`CheckpointError` (corrupted) where ``check`` found a mismatch; ``None`` passes."""
     if check is not None and not check.ok:
         raise CheckpointError(check.describe(path))
 

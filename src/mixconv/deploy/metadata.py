@@ -118,15 +118,9 @@ def write_metadata(path: str | Path, metadata: OnnxMetadata) -> None:
 
 def read_metadata(path: str | Path) -> OnnxMetadata:
     """The mixconv metadata of an ONNX file (defaults where a key is absent)."""
-    import onnx
+    from ..inputs import load_onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise MetadataError(f"{path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX
-        raise MetadataError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    proto = load_onnx(path, check=False, error=MetadataError)
     return OnnxMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
 
 

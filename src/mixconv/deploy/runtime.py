@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..inputs import onnx_session
 from .metadata import read_metadata
 
 
@@ -30,10 +31,7 @@ def ort_session(path: str | Path, threads: Optional[int] = None, spin: bool = Tr
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-        raise ConfigError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from None
+    return onnx_session(path, ConfigError, opts, check=False)
 
 
 class OrtClassifier(nn.Module):

@@ -60,10 +60,7 @@ class FusedMixConvBNAct(nn.Module):
         from .ops import mixconv2d
 
         conv = self.conv
-        w = conv.merged_weight()
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, w = x.to(dtype), w.to(dtype)
+        x, w = conv.triton_operands(x)
         scale, bias = self.folded()
         return mixconv2d(x, w, scale, bias, list(conv.kernel_sizes), list(conv.split_sizes), conv.stride,
                          conv.dilation, conv.padding, self.act_name, False)[0]

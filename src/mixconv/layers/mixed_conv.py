@@ -276,17 +276,22 @@ class MixConv2d(nn.Module):
         weight are cast to its dtype first, as autocast casts a conv's."""
         from ..kernels.ops import mixconv2d
 
-        w, b = self.merged_weight(), self.merged_bias()
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, w = x.to(dtype), w.to(dtype)
-        return mixconv2d(x, w, None, b, list(self.kernel_sizes), list(self.split_sizes), self.stride,
+        x, w = self.triton_operands(x)
+        return mixconv2d(x, w, None, self.merged_bias(), list(self.kernel_sizes), list(self.split_sizes), self.stride,
                          self.dilation, self.padding, "identity", False)[0]
 
     @torch.jit.unused
+    def triton_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input and the merged weight as the Triton op takes them: under autocast both cast to its dtype,
+        as autocast casts a conv's operands."""
+        w = self.merged_weight()
+        dtype = autocast_dtype(x)
+        if dtype is not None:
+            x, w = x.to(dtype), w.to(dtype)
+        return x, w
+
+    @torch.jit.unused
     def _runs_triton(self, x: torch.Tensor) -> bool:
-        if isinstance(x, torch.fx.Proxy):  # symbolic tracing (export, optimize) keeps the reference path
-            return False
         if self.impl == "triton" or (self.impl_from_table and x.is_cuda and CUDA_DEFAULT_IMPL.get(
                 (self.kernel_sizes, self.stride, self.in_channels)) == "triton"):
             return wants_triton(x)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from ..capability import warn_emulated_precision
 from ..config import ConfigError
 from ..inputs import read_yaml
+from ..integrity import tensors_sha256
 from ..cuda.jpeg import DeviceDecodeLoader, collate_encoded
 from ..models import create_model
 from ..models.factory import resolve_model_name
@@ -481,7 +482,7 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
 
 def _finish(t: Trainer) -> dict[str, Any]:
     """The final summary, with every rank's sha256 of its final weights (equal on all ranks; DDP keeps them so)."""
-    hashes = gather_objects(ckpt.weights_sha256(t.eval_model.state_dict()), t.info)
+    hashes = gather_objects(tensors_sha256(t.eval_model.state_dict()), t.info)
     if len(set(hashes)) > 1:
         log(t.info, f"warning: the final weights differ between ranks (sha256 by rank: {', '.join(hashes)})")
     summary = _summary(t, finished=True, write=False)

@@ -15,7 +15,6 @@ file. The files of one checkpoint are written in full first and renamed into pla
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch
 from torch import nn
 
 from ..integrity import HASH_FIELD, nested_tensors, recorded_check, tensors_sha256
-from ..weights import CheckpointError, atomic_write, load_torch_file, read_checkpoint, save_checkpoint
+from ..weights import (CheckpointError, atomic_write, header_extra, load_torch_file, raise_if_corrupted, read_checkpoint,
+                       save_checkpoint)
 from .errors import writing
 
 STATE_FORMAT = "mixconv-train/1"
@@ -110,14 +110,6 @@ def commit_checkpoint(out_dir: Path, model: nn.Module, extra: Mapping[str, Any],
             partial.unlink(missing_ok=True)
 
 
-def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of a state dict's names, dtypes, shapes and bytes (by name): equal exactly when the weights are.
-
-    A multi-process run records each rank's value for its final weights in ``summary.json``.
-    """
-    return tensors_sha256(state_dict)
-
-
 def load_state(path: Path) -> dict[str, Any]:
     """Read a resume state with ``weights_only=True`` (no code runs)."""
     state = load_torch_file(path, f"the training state ({STATE_SUFFIX}) written next to last.safetensors by "
@@ -128,9 +120,7 @@ def load_state(path: Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: damaged training state: no {', '.join(missing)}; expected "
                               f"{', '.join(STATE_KEYS)}")
-    check = recorded_check(nested_tensors(state), state)  # states written before the hash existed: unchecked
-    if check is not None and not check.ok:
-        raise CheckpointError(check.describe(path))
+    raise_if_corrupted(path, recorded_check(nested_tensors(state), state))  # older states: no hash, unchecked
     return state
 
 
@@ -154,12 +144,7 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
     The metadata is empty for checkpoints without it (timm files, plain state dicts).
     """
     sd, header = read_checkpoint(path)
-    extra: dict[str, Any] = {}
-    if header.get("extra"):
-        try:
-            extra = json.loads(header["extra"])
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{path}: the checkpoint header's 'extra' field is not valid JSON") from None
+    extra = header_extra(header, path)
     if header.get("config"):
         extra["config_yaml"] = header["config"]
         extra.setdefault("model_name", header.get("model_name", ""))

@@ -70,7 +70,8 @@ def accuracy_targets(checkpoint: str, calib_images: int, method: str) -> list[st
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         model = model_from_checkpoint(checkpoint).eval()
         meta = checkpoint_metadata(model, checkpoint)
-        export_onnx(optimize_for_inference(model), fp32, img_size=meta.preprocess.img_size, metadata=meta)
+        export_onnx(optimize_for_inference(model), fp32, img_size=meta.preprocess.img_size, metadata=meta,
+                    ort_rewrites=True)
         rep = quantize_onnx(fp32, int8, settings=QuantizeSettings(method=method, calib_images=calib_images),
                             speed_batches=())
     return [f"  {checkpoint}: {calib_images} calibration images ({method})", *("    " + s for s in rep.lines()),

@@ -188,6 +188,7 @@ def export_onnx(
     verify: bool = True,
     tol: float = 1e-4,
     metadata: Any = None,
+    ort_rewrites: bool = False,
 ) -> ExportCheck | None:
     """Export ``model`` to ONNX at ``path`` (atomically) and verify it with ``onnx.checker`` and onnxruntime.
 
@@ -202,6 +203,8 @@ def export_onnx(
         verify: read the file back and compare with PyTorch; raises :class:`ExportError` beyond ``tol``.
         metadata: a :class:`mixconv.deploy.OnnxMetadata` (preprocessing, classes, data) stored in the file's
             ``metadata_props``; default: the model's own preprocessing at the export size.
+        ort_rewrites: rewrite the graph for onnxruntime's CPU kernels (same outputs; see
+            :mod:`mixconv.deploy.ort_graph`): what ``mixconv export --optimize`` does.
     Returns the :class:`ExportCheck` (``None`` with ``verify=False``).
     """
     import onnx
@@ -233,6 +236,10 @@ def export_onnx(
         proto = onnx.load(tmp)  # with the weights the dynamo exporter may have put in "<tmp>.data"
         Path(tmp + ".data").unlink(missing_ok=True)  # re-saved inside the model below
         set_metadata(proto, metadata if metadata is not None else model_metadata(model, tuple(shape[2:])))
+        if ort_rewrites:
+            from .deploy.ort_graph import tune_for_onnxruntime
+
+            tune_for_onnxruntime(proto)
         onnx.save(proto, tmp)
         onnx.checker.check_model(proto, full_check=True)
 

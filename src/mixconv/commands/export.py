@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=1000, help="classes of a model built without a checkpoint")
     p.add_argument("--optimize", action="store_true",
                    help="export the inference-optimized model (mixconv.optimize_for_inference)")
+    p.add_argument("--ort-rewrites", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX: rewrite the graph for onnxruntime's CPU kernels, same outputs (default: on with "
+                        "--optimize; mixconv.deploy.ort_graph)")
     p.add_argument("--tol", type=float, default=1e-4, help="largest relative error accepted by the check")
     p.set_defaults(func=run)
 
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         from dataclasses import replace
 
-        opts.update(opset=args.opset, exporter=args.exporter,
+        ort_rewrites = args.optimize if args.ort_rewrites is None else args.ort_rewrites
+        opts.update(opset=args.opset, exporter=args.exporter, ort_rewrites=ort_rewrites,
                     metadata=replace(metadata, preprocess=replace(metadata.preprocess, img_size=img_size[0])))
     name = getattr(model, "model_name", "") or args.model
     try:

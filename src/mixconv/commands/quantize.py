@@ -59,7 +59,8 @@ def _export_fp32(args: argparse.Namespace) -> Path:
     meta = checkpoint_metadata(model, args.checkpoint, None)
     if meta.preprocess is not None:
         img_size = (meta.preprocess.img_size, meta.preprocess.img_size)
-    check = export_onnx(mixconv.optimize_for_inference(model), out, img_size=img_size, metadata=meta)
+    check = export_onnx(mixconv.optimize_for_inference(model), out, img_size=img_size, metadata=meta,
+                        ort_rewrites=True)
     print(f"exported {args.checkpoint} (optimized) to {out}; {check}")
     return out
 

@@ -80,7 +80,7 @@ class Builder:
             from ..export import export_onnx
             from ..optimize import optimize_for_inference
 
-            export_onnx(optimize_for_inference(self.mixconv_model()), path, img_size=self.img_size)
+            export_onnx(optimize_for_inference(self.mixconv_model()), path, img_size=self.img_size, ort_rewrites=True)
         elif case == "ort-int8":
             self._quantize(self.onnx_file("ort-fp32"), path)
         return path

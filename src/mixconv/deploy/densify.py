@@ -25,12 +25,20 @@ def densify_grouped_pointwise(src: str | Path, dst: str | Path, max_zeros: int =
     """Write ``src`` to ``dst`` with every grouped (not depthwise) 1x1 ``Conv`` whose block-diagonal dense
     weight adds at most ``max_zeros`` zeros replaced by that dense conv (same outputs); returns how many."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(src))
-    inits = {t.name: t for t in model.graph.initializer}
+    done = densify_graph(model.graph, max_zeros)
+    onnx.save(model, str(dst))
+    return done
+
+
+def densify_graph(graph, max_zeros: int = MAX_ZEROS) -> int:
+    """:func:`densify_grouped_pointwise` in place on an ``onnx.GraphProto``; returns how many convs it rewrote."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
     done = 0
-    for node in model.graph.node:
+    for node in graph.node:
         group = next((a for a in node.attribute if a.name == "group"), None)
         if node.op_type != "Conv" or group is None or group.i <= 1 or node.input[1] not in inits:
             continue
@@ -38,7 +46,7 @@ def densify_grouped_pointwise(src: str | Path, dst: str | Path, max_zeros: int =
         groups, (cout, per_group) = group.i, w.shape[:2]
         if w.shape[2:] != (1, 1) or per_group == 1 or w.size * (groups - 1) > max_zeros:
             continue  # depthwise or spatial kernels stay grouped
-        if sum(node.input[1] in n.input for n in model.graph.node) > 1:
+        if sum(node.input[1] in n.input for n in graph.node) > 1:
             continue  # a shared weight: leave it
         dense = np.zeros((cout, per_group * groups, 1, 1), w.dtype)
         out_per_group = cout // groups
@@ -48,5 +56,4 @@ def densify_grouped_pointwise(src: str | Path, dst: str | Path, max_zeros: int =
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(dense, node.input[1]))
         group.i = 1
         done += 1
-    onnx.save(model, str(dst))
     return done

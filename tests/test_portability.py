@@ -199,6 +199,22 @@ def test_train_amp_warns_and_logs_without_native_bf16(tiny_model, image_folder, 
     assert "warning" not in capfd.readouterr().err
 
 
+def test_validate_amp_warns_without_native_support(tiny_model, image_folder, tmp_path, monkeypatch):
+    """``validate --amp`` says so where the autocast dtype is emulated, through the same check as train."""
+    s = tiny_settings(tiny_model, str(image_folder), tmp_path / "run", epochs=1)
+    ckpt = mixconv.train(None, **s)["best_checkpoint"]
+    monkeypatch.setenv(capability.FORCE_ENV, "avx2")
+    with pytest.warns(LowPrecisionWarning, match="--amp bf16: this CPU has no native bfloat16"):
+        assert mixconv.evaluate(ckpt, device="cpu", amp="bf16")["images"] > 0
+    r = run_cli("validate", "--checkpoint", ckpt, "--amp", "fp16", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "--amp fp16: this CPU has no native float16" in r.stderr
+    monkeypatch.setenv(capability.FORCE_ENV, "native")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowPrecisionWarning)
+        mixconv.evaluate(ckpt, device="cpu", amp="bf16")
+
+
 def test_train_cli_fp16_on_cpu_runs_with_a_warning_line(tiny_model, image_folder, tmp_path, monkeypatch):
     """fp16 autocast (with a GradScaler) trains on a CPU too; without native fp16 the CLI says it is emulated."""
     monkeypatch.setenv(capability.FORCE_ENV, "avx2")

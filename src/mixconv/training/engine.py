@@ -65,6 +65,17 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def warn_amp(device: torch.device, amp: str, stacklevel: int = 2) -> Optional[str]:
+    """A :class:`~mixconv.capability.LowPrecisionWarning` where ``--amp`` would run emulated on ``device`` (a
+    capability check, not a timing): train and validate both call it. Returns the message, or ``None``."""
+    if amp == "none":
+        return None
+    from ..capability import warn_emulated_precision
+
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return warn_emulated_precision(dtype, device, f"--amp {amp}", stacklevel=stacklevel + 1)
+
+
 class Progress:
     """A tqdm bar on a terminal; plain lines every ``interval`` steps otherwise (logs, CI). Silent off rank 0."""
 

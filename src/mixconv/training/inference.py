@@ -21,6 +21,7 @@ from . import state as ckpt
 from .data import Preprocess, build_dataset, collate_skip, dataset_classes, eval_transform
 from .distributed import DistInfo
 from .engine import evaluate as evaluate_loader
+from .engine import warn_amp
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ def evaluate(checkpoint: Optional[str | Path] = None, *, model: Optional[str] = 
     if onnx is not None:
         device, amp, channels_last = "cpu", "none", False  # onnxruntime's CPU provider takes float32 NCHW
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    msg = warn_amp(dev, amp, stacklevel=2)  # a LowPrecisionWarning and a line (as train) where it is emulated
+    if msg is not None:
+        print(f"warning: {msg}", file=sys.stderr)
     net = loaded.model.to(dev)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -19,7 +19,6 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..capability import warn_emulated_precision
 from ..config import ConfigError
 from ..inputs import read_yaml
 from ..integrity import tensors_sha256
@@ -34,7 +33,7 @@ from .data import (AugmentSettings, Preprocess, ShardSampler, build_dataset, col
                    eval_transform, train_transform)
 from .distributed import DistInfo, barrier, broadcast_flag, cleanup, gather_objects, init_distributed, sync_buffers
 from .ema import ModelEma
-from .engine import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from .engine import NonFiniteLossError, StepSettings, evaluate, train_one_epoch, warn_amp
 from .errors import TrainingError, WriteError, writing
 from .optim import create_optimizer, create_scheduler, scaled_lr
 
@@ -434,11 +433,9 @@ def _main_writes(t: Trainer, write: Callable[[], None]) -> None:
 
 def _warn_amp(amp: str, info: DistInfo) -> None:
     """A LowPrecisionWarning and a log line where ``--amp`` runs emulated on this CPU (a capability check)."""
-    if amp != "none":
-        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-        msg = warn_emulated_precision(dtype, info.device, f"--amp {amp}", stacklevel=3)
-        if msg is not None:
-            log(info, f"warning: {msg}")
+    msg = warn_amp(info.device, amp, stacklevel=3)
+    if msg is not None:
+        log(info, f"warning: {msg}")
 
 
 def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrides: dict[str, Any],

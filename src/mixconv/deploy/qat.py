@@ -10,7 +10,10 @@ then turns into the int8 ONNX file ORT runs):
   scales each output channel by a constant, to which per-channel symmetric rounding is blind;
 - every conv and linear input is fake-quantized to uint8 with an asymmetric per-tensor scale from a moving
   average of its min/max (``torch.ao.quantization.FakeQuantize`` with ``MovingAverageMinMaxObserver``): what
-  ORT's MinMax calibration computes for the same tensors. ORT also quantizes the outputs of the elementwise ops
+  ORT's MinMax calibration computes for the same tensors. ``prepare_qat(model, "int8", reduce_range=True)``
+  simulates ``mixconv quantize --activation-type int8 --reduce-range`` instead: symmetric int8 activations in
+  [-127, 127] (scale ``max|x| / 127``) and 7-bit weights in [-64, 64] (``mixconv train --qat-activation int8
+  --qat-reduce-range``). ORT also quantizes the outputs of the elementwise ops
   (swish, the SE gate multiply, residual adds); those small errors are not simulated.
 
 Gradients pass straight through the rounding (the straight-through estimator). MixConvs run their per-group

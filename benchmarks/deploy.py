@@ -60,20 +60,11 @@ def speed_targets(results, batch_sizes) -> list[str]:
 
 
 def accuracy_targets(checkpoint: str, calib_images: int, method: str) -> list[str]:
-    from mixconv.convert import model_from_checkpoint
-    from mixconv.deploy.metadata import checkpoint_metadata
-    from mixconv.deploy.quantize import QuantizeSettings, quantize_onnx
-    from mixconv.export import export_onnx
-    from mixconv.optimize import optimize_for_inference
+    from mixconv.deploy.quantize import QuantizeSettings, quantize_checkpoint
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        model = model_from_checkpoint(checkpoint).eval()
-        meta = checkpoint_metadata(model, checkpoint)
-        export_onnx(optimize_for_inference(model), fp32, img_size=meta.preprocess.img_size, metadata=meta,
-                    ort_rewrites=True)
-        rep = quantize_onnx(fp32, int8, settings=QuantizeSettings(method=method, calib_images=calib_images),
-                            speed_batches=())
+    with tempfile.TemporaryDirectory() as tmp:  # what `mixconv quantize --checkpoint` does
+        rep = quantize_checkpoint(checkpoint, Path(tmp) / "int8.onnx", speed_batches=(),
+                                  settings=QuantizeSettings(method=method, calib_images=calib_images))
     return [f"  {checkpoint}: {calib_images} calibration images ({method})", *("    " + s for s in rep.lines()),
             _line("int8 top-1 drop (points)", rep.drop, "<= 0.5", rep.drop <= 0.5),
             _line("top-1 agreement (%)", rep.agreement, ">= 99", rep.agreement >= 99.0),

@@ -168,6 +168,24 @@ def test_prepare_qat_keeps_the_state_dict_and_trains_through_fake_quant(tmp_path
     assert list(model.state_dict()) == keys and not qat_observers(model)
 
 
+def test_qat_simulates_int8_activations_and_reduced_range_weights_as_ort(tmp_path):
+    # ORT: --reduce-range weights in [-64, 64] with scale max|w| / 64; symmetric int8 activations in
+    # [-127, 127] with scale max|x| / 127 and zero point 0
+    w = torch.randn(4, 3, 3, 3)
+    scale = w.abs().flatten(1).amax(1)[:, None, None, None] / 64
+    assert torch.allclose(fake_quant_weight(w, reduce_range=True), (w / scale).round().clamp(-64, 64) * scale)
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    model = prepare_qat(mixconv.create_model(str(tmp_path / "tiny.yaml"), num_classes=4), "int8", True)
+    model.train()
+    model(torch.randn(4, 3, 32, 32) * 3 - 1)
+    stem = qat_observers(model)["stem.conv"]
+    lo, hi = float(stem.activation_post_process.min_val), float(stem.activation_post_process.max_val)
+    assert lo < 0 < hi and int(stem.zero_point) == 0
+    assert abs(float(stem.scale) - max(-lo, hi) / 127) < 1e-6 * max(-lo, hi)
+    with pytest.raises(ValueError, match="activation_type"):
+        prepare_qat(mixconv.create_model(str(tmp_path / "tiny.yaml"), num_classes=4), "int4")
+
+
 def test_train_qat_fine_tunes_a_checkpoint_that_quantizes(trained, tmp_path):
     root, ckpt, _ = trained
     summary = mixconv.train(None, **tiny_settings(str(root / "tiny.yaml"), "digits", tmp_path / "qat", epochs=1,

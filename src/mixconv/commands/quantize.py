@@ -47,20 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export_fp32(args: argparse.Namespace) -> Path:
-    import mixconv
-
-    from ..convert import model_from_checkpoint
-    from ..deploy.metadata import checkpoint_metadata
-    from ..export import export_onnx
+    from ..deploy.quantize import export_checkpoint
 
     out = Path(args.fp32_output or Path(args.output).with_suffix(".fp32.onnx"))
-    model = model_from_checkpoint(args.checkpoint, args.model).eval()
-    img_size = tuple(model.meta.input_size[1:]) if getattr(model, "meta", None) is not None else None
-    meta = checkpoint_metadata(model, args.checkpoint, None)
-    if meta.preprocess is not None:
-        img_size = (meta.preprocess.img_size, meta.preprocess.img_size)
-    check = export_onnx(mixconv.optimize_for_inference(model), out, img_size=img_size, metadata=meta,
-                        ort_rewrites=True)
+    check = export_checkpoint(args.checkpoint, out, args.model)
     print(f"exported {args.checkpoint} (optimized) to {out}; {check}")
     return out
 

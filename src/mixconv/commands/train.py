@@ -12,6 +12,8 @@ _MODEL = (
     ("--drop-rate", float, "dropout before the classifier"),
     ("--drop-path-rate", float, "stochastic depth"),
     ("--bn-momentum", float, "BatchNorm momentum, PyTorch convention (TF's 0.99 is 0.01)"),
+    ("--qat-activation", str, "with --qat: uint8 (default) or int8 activations, as `mixconv quantize "
+                              "--activation-type` will quantize them"),
 )
 _DATA = (
     ("--data", str, "'digits' (scikit-learn, built in) or an ImageFolder root with train/ and val/"),
@@ -54,6 +56,7 @@ _BOOLS = (
     ("--freeze-backbone", "train the classifier only"),
     ("--qat", "quantization-aware fine-tuning (int8 fake quantization as onnxruntime's; start from --pretrained, "
               "then `mixconv quantize --checkpoint`)"),
+    ("--qat-reduce-range", "with --qat: 7-bit weights, as `mixconv quantize --reduce-range`"),
     ("--nesterov", "Nesterov momentum (SGD)"),
     ("--channels-last", "channels-last memory format"),
     ("--compile", "torch.compile the model"),

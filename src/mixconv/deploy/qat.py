@@ -10,7 +10,10 @@ then turns into the int8 ONNX file ORT runs):
   scales each output channel by a constant, to which per-channel symmetric rounding is blind;
 - every conv and linear input is fake-quantized to uint8 with an asymmetric per-tensor scale from a moving
   average of its min/max (``torch.ao.quantization.FakeQuantize`` with ``MovingAverageMinMaxObserver``): what
-  ORT's MinMax calibration computes for the same tensors. ORT also quantizes the outputs of the elementwise ops
+  ORT's MinMax calibration computes for the same tensors. ``prepare_qat(model, "int8", reduce_range=True)``
+  simulates ``mixconv quantize --activation-type int8 --reduce-range`` instead: symmetric int8 activations in
+  [-127, 127] (scale ``max|x| / 127``) and 7-bit weights in [-64, 64] (``mixconv train --qat-activation int8
+  --qat-reduce-range``). ORT also quantizes the outputs of the elementwise ops
   (swish, the SE gate multiply, residual adds); those small errors are not simulated.
 
 Gradients pass straight through the rounding (the straight-through estimator). MixConvs run their per-group
@@ -30,21 +33,29 @@ from ..layers.mixed_conv import MixConv2d
 _STATE = "_mixconv_qat"  # attribute on each prepared module: (activation fake-quant, hook handles)
 
 
-def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """``w`` rounded to per-output-channel symmetric int8 in [-127, 127] (ORT's scheme), straight-through."""
+ACTIVATION_TYPES = ("uint8", "int8")
+
+
+def fake_quant_weight(w: torch.Tensor, reduce_range: bool = False) -> torch.Tensor:
+    """``w`` rounded to per-output-channel symmetric int8 in [-127, 127] (ORT's scheme), straight-through;
+    ``reduce_range``: in [-64, 64] (ORT's 7-bit weights, ``mixconv quantize --reduce-range``)."""
+    qmax = 64 if reduce_range else 127
     amax = w.detach().flatten(1).abs().amax(1).float().clamp_min(1e-12)
-    scale = amax / 127.0
+    scale = amax / qmax
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax, qmax)
 
 
-def _activation_fake_quant() -> FakeQuantize:
+def _activation_fake_quant(activation_type: str = "uint8") -> FakeQuantize:
+    if activation_type == "int8":  # ORT's symmetric int8 activations: [-127, 127], scale max|x| / 127, zero 0
+        return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
+                            qscheme=torch.per_tensor_symmetric, averaging_constant=0.01)
     return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
                         qscheme=torch.per_tensor_affine, averaging_constant=0.01)
 
 
 def _pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    fq = getattr(module, _STATE)[0]
+    fq, _handles, reduce_range = getattr(module, _STATE)
     x = args[0]
     if fq.scale.device != x.device:
         fq.to(x.device)
@@ -53,7 +64,7 @@ def _pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     param = module._parameters["weight"]
     module._parameters["weight"] = None  # kept in place (not popped): the parameter order must not change
     module.__dict__["_mixconv_qat_param"] = param  # not setattr: that would register it as a parameter
-    module.__dict__["weight"] = fake_quant_weight(param)
+    module.__dict__["weight"] = fake_quant_weight(param, reduce_range)
     return (fq(x.float()).to(x.dtype), *args[1:])
 
 
@@ -69,8 +80,14 @@ def _restore(module: nn.Module) -> None:
         module._parameters["weight"] = param
 
 
-def prepare_qat(model: nn.Module) -> nn.Module:
-    """Fake-quantize ``model`` (in place) for quantization-aware training; returns it. See the module doc."""
+def prepare_qat(model: nn.Module, activation_type: str = "uint8", reduce_range: bool = False) -> nn.Module:
+    """Fake-quantize ``model`` (in place) for quantization-aware training; returns it. See the module doc.
+
+    ``activation_type`` and ``reduce_range`` are those ``mixconv quantize`` will use (``--activation-type``,
+    ``--reduce-range``): uint8 (asymmetric) or int8 (symmetric) activations; 8-bit or 7-bit weights.
+    """
+    if activation_type not in ACTIVATION_TYPES:
+        raise ValueError(f"activation_type: got {activation_type!r}; expected one of {', '.join(ACTIVATION_TYPES)}")
     if any(hasattr(m, _STATE) for m in model.modules()):
         raise ValueError("the model is prepared for QAT already")
     for m in model.modules():
@@ -78,10 +95,10 @@ def prepare_qat(model: nn.Module) -> nn.Module:
             m.impl = "split"  # one conv per group: each group's weight goes through its own hook
     for m in list(model.modules()):
         if isinstance(m, (nn.Conv2d, nn.Linear)) and isinstance(m.weight, nn.Parameter):
-            fq = _activation_fake_quant().to(m.weight.device)
+            fq = _activation_fake_quant(activation_type).to(m.weight.device)
             handles = (m.register_forward_pre_hook(_pre_hook), m.register_forward_hook(_post_hook, always_call=True))
             # Not a registered submodule: the observers stay out of the state dict (an ordinary checkpoint).
-            object.__setattr__(m, _STATE, (fq, handles))
+            object.__setattr__(m, _STATE, (fq, handles, reduce_range))
     return model
 
 
@@ -112,4 +129,4 @@ def setup_qat(model: nn.Module, cfg: Any) -> nn.Module:
         warnings.warn("--qat without --pretrained trains from scratch through fake quantization; QAT is meant "
                       "to fine-tune a trained float checkpoint for a few epochs at a low learning rate",
                       stacklevel=2)
-    return prepare_qat(model)
+    return prepare_qat(model, cfg.qat_activation, cfg.qat_reduce_range)

@@ -218,6 +218,32 @@ def quantize_onnx(
     return report
 
 
+def export_checkpoint(checkpoint: str | Path, output: str | Path, model: Optional[str] = None):
+    """Export a checkpoint, optimized for inference, to a float32 ONNX file at ``output`` at its own input size
+    with its preprocessing and data in the metadata: what ``mixconv quantize --checkpoint`` quantizes. ``model``
+    is the architecture of a checkpoint without a header. Returns the export's ``ExportCheck``."""
+    from ..convert import model_from_checkpoint
+    from ..export import export_onnx
+    from ..optimize import optimize_for_inference
+    from .metadata import checkpoint_metadata
+
+    net = model_from_checkpoint(checkpoint, model).eval()
+    img_size = tuple(net.meta.input_size[1:]) if getattr(net, "meta", None) is not None else None
+    meta = checkpoint_metadata(net, checkpoint, None)
+    if meta.preprocess is not None:
+        img_size = (meta.preprocess.img_size, meta.preprocess.img_size)
+    return export_onnx(optimize_for_inference(net), output, img_size=img_size, metadata=meta, ort_rewrites=True)
+
+
+def quantize_checkpoint(checkpoint: str | Path, output: str | Path, *, fp32_output: str | Path | None = None,
+                        model: Optional[str] = None, **options) -> Optional[QuantizeReport]:
+    """:func:`export_checkpoint` to ``fp32_output`` (default: ``output`` with ``.fp32.onnx``), then
+    :func:`quantize_onnx` of that file to ``output`` with ``options`` (its keyword arguments)."""
+    fp32 = Path(fp32_output or Path(output).with_suffix(".fp32.onnx"))
+    export_checkpoint(checkpoint, fp32, model)
+    return quantize_onnx(fp32, output, **options)
+
+
 def _run_all(session, ds: Dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     from ..training.data import collate_skip
 

@@ -20,6 +20,7 @@ from ..inputs import read_yaml, short_repr
 OPTIMIZERS = ("sgd", "rmsproptf", "adamw")
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
+QAT_ACTIVATIONS = ("uint8", "int8")  # as mixconv.deploy.qat.ACTIVATION_TYPES (not imported: no torch.ao here)
 AUTO_AUGMENTS = ("none", "randaugment", "autoaugment", "trivialaugment")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
@@ -34,6 +35,8 @@ class TrainConfig:
     num_classes: Optional[int] = None  # None: the number of classes in the data
     freeze_backbone: bool = False
     qat: bool = False  # quantization-aware training (fake int8 as onnxruntime's); fine-tune from --pretrained
+    qat_activation: str = "uint8"  # the activations `mixconv quantize --activation-type` will use: uint8 or int8
+    qat_reduce_range: bool = False  # 7-bit weights, as `mixconv quantize --reduce-range`
     drop_rate: Optional[float] = None  # None: the variant's
     drop_path_rate: float = 0.0
     bn_momentum: Optional[float] = None  # PyTorch convention (TF 0.99 == 0.01 here); None: keep 0.1
@@ -92,6 +95,7 @@ class TrainConfig:
             ("opt", self.opt in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
             ("sched", self.sched in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("amp", self.amp in AMP_MODES, f"one of {', '.join(AMP_MODES)}"),
+            ("qat_activation", self.qat_activation in QAT_ACTIVATIONS, f"one of {', '.join(QAT_ACTIVATIONS)}"),
             ("auto_augment", self.auto_augment in AUTO_AUGMENTS, f"one of {', '.join(AUTO_AUGMENTS)}"),
             ("interpolation", self.interpolation in (None,) + INTERPOLATIONS, f"one of {', '.join(INTERPOLATIONS)}"),
             ("epochs", self.epochs >= 1, "an int >= 1"),

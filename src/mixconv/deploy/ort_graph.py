@@ -2,21 +2,27 @@
 
 ORT's CPU provider runs convolutions in a blocked layout (NCHWc: 8 or 16 channels per block) and converts a
 tensor into and out of it (``ReorderInput``/``ReorderOutput``, one full copy each) around every op that has no
-blocked kernel. In a MixNet exported by ``mixconv export --optimize`` these ops left the blocked layout:
+blocked kernel. In a MixNet exported by ``mixconv export --optimize`` two kinds of ops left the blocked layout:
 
 1. the squeeze-excite MLP on the pooled *vector* (``ReduceMean`` -> ``Gemm`` -> act -> ``Gemm`` -> ``Sigmoid`` ->
    ``Unsqueeze``, the form ``optimize_for_inference`` computes fastest in PyTorch) -> :func:`se_vector_to_map`
    makes it ``GlobalAveragePool`` -> 1x1 ``Conv`` -> act -> 1x1 ``Conv`` -> ``Sigmoid`` on a 1x1 map;
 2. grouped (not depthwise) 1x1 convs, MixNet's group-2 expand/project convs, which ORT has no blocked kernel
-   for -> :func:`mixconv.deploy.densify.densify_graph` makes them dense (block-diagonal weights: twice their
-   multiply-adds, still faster than two layout changes).
+   for -> :func:`mixconv.deploy.densify.densify_graph` makes those whose dense weight adds at most
+   ``MAX_ZEROS`` zeros dense (block-diagonal weights): the high-resolution ones, where the layout changes cost
+   more than the doubled multiply-adds; the wide late ones stay grouped.
 
-Left as it is: the SE gate multiply ``(N,C,H,W) * (N,C,1,1)``, which ORT's blocked ``Mul`` does not take (equal
-shapes only). Broadcasting the gate first with a nearest ``Resize`` (which has a blocked kernel) kept it
-blocked but gained 1-3%, and onnxruntime's quantization pre-processing cannot infer that graph's shapes.
+Measured on MixNet-S 224 in ORT 1.32 (2 threads, quiet 2-core Xeon, AVX-512; interleaved medians against
+timm's ONNX export in the same process), img/s ratio to timm's file, batch 1 / batch 32, idle threads not
+spinning (the deploy benchmark's setting): before 1.81 / 1.99; both rewrites 1.98 / 2.32 (with every grouped
+conv dense instead: 1.95 / 2.22). The SE rewrite alone changes nothing in float32, but after ``mixconv
+quantize`` the SE then runs in int8 too (no float ``ReduceMean``/``Gemm`` islands with their conversions): the
+int8 file got 11% / 17% faster than the one quantized from the dense-only graph. Tried and left
+out: broadcasting the SE gate with a nearest ``Resize`` so that the multiply stays blocked (-2 to -3%, and
+onnxruntime's quantization pre-processing cannot infer that graph's shapes); padding the SE width to a
+multiple of 16 so its tiny vectors stay blocked (+0 to 2%, within noise).
 
-Measured on MixNet-S 224 (ORT 1.32, 2 threads; numbers in the README's Deploy section). Node names and their
-metadata (the module paths ``--exclude`` reads) are kept.
+Node names and their metadata (the module paths ``--exclude`` reads) are kept.
 """
 from __future__ import annotations
 
@@ -25,10 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .densify import densify_graph
-
-# Every grouped 1x1 conv is made dense for float32 ORT (the zeros cost less than the layout changes).
-FLOAT_MAX_ZEROS = 10**9
+from .densify import MAX_ZEROS, densify_graph
 
 
 @dataclass(frozen=True)
@@ -154,4 +157,4 @@ def se_vector_to_map(model: Any) -> int:
 
 def tune_for_onnxruntime(model: Any) -> OrtRewrites:
     """All rewrites above, in place on an ``onnx.ModelProto`` (float32); returns what was done."""
-    return OrtRewrites(se_vector_to_map(model), densify_graph(model.graph, FLOAT_MAX_ZEROS))
+    return OrtRewrites(se_vector_to_map(model), densify_graph(model.graph, MAX_ZEROS))

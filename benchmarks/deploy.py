@@ -81,6 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="+", default=list(SPEED_CASES), help="which paths to time")
     p.add_argument("--checkpoint", nargs="*", default=[],
                    help="mixconv checkpoints (e.g. the `mixconv train` digits one, a QAT one) for the accuracy targets")
+    p.add_argument("--spin", action="store_true",
+                   help="ORT's idle threads busy-wait (ORT's default); time ORT cases only with it "
+                        "(--cases timm-ort ort-fp32 ort-int8): spinning threads take the PyTorch cases' cores")
     p.add_argument("--calib-images", type=int, default=256)
     p.add_argument("--method", default="minmax")
     args = p.parse_args(argv)
@@ -92,8 +95,12 @@ def main(argv=None) -> int:
         print("accuracy (int8 post-training quantization):")
         print("\n".join(accuracy_targets(ckpt, args.calib_images, args.method)))
     if args.cases:
-        results = run_deploy_benchmark(args.model, args.cases, args.batch_sizes, args.img_size, args.rounds)
-        print(f"speed, median of {args.rounds} interleaved rounds:")
+        if args.spin and set(args.cases) - {"timm-ort", "ort-fp32", "ort-int8"}:
+            p.error("--spin: time onnxruntime cases only (--cases timm-ort ort-fp32 ort-int8)")
+        results = run_deploy_benchmark(args.model, args.cases, args.batch_sizes, args.img_size, args.rounds,
+                                       spin=args.spin)
+        spinning = "spinning" if args.spin else "not spinning"
+        print(f"speed, median of {args.rounds} interleaved rounds (ORT idle threads {spinning}):")
         print(format_results(results))
         print("targets:")
         print("\n".join(speed_targets(results, args.batch_sizes)))

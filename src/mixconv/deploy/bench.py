@@ -46,8 +46,10 @@ def _log(msg: str) -> None:
 class Builder:
     """Builds each case's model once (exports and quantizes into a temporary directory) and hands out steps."""
 
-    def __init__(self, model: str, img_size: int, workdir: Path, calib_data: Optional[str] = None) -> None:
+    def __init__(self, model: str, img_size: int, workdir: Path, calib_data: Optional[str] = None,
+                 spin: bool = False) -> None:
         self.model_name, self.img_size, self.workdir, self.calib_data = model, img_size, workdir, calib_data
+        self.spin = spin
         self._cache: dict[str, object] = {}
 
     def mixconv_model(self) -> torch.nn.Module:
@@ -109,8 +111,9 @@ class Builder:
         if case in ORT_CASES:
             from .runtime import ort_session
 
-            # No spinning: idle ORT threads would otherwise busy-wait on the cores the PyTorch cases run on.
-            session = self._cache.setdefault(f"session-{case}", ort_session(self.onnx_file(case), spin=False))
+            # No spinning by default: idle ORT threads would otherwise busy-wait on the cores the PyTorch cases
+            # run on. ORT's own default (spinning) is for runs of ORT cases only.
+            session = self._cache.setdefault(f"session-{case}", ort_session(self.onnx_file(case), spin=self.spin))
             name, arr = session.get_inputs()[0].name, x.numpy()  # type: ignore[union-attr]
             return lambda: session.run(None, {name: arr})  # type: ignore[union-attr]
         model = self._torch_model(case)
@@ -187,13 +190,14 @@ def format_results(results: Sequence[DeployResult]) -> str:
 
 def run_deploy_benchmark(model: str, cases: Sequence[str], batch_sizes: Sequence[int], img_size: int = 224,
                          rounds: int = 5, calib_data: Optional[str] = None,
-                         workdir: Optional[Path] = None) -> list[DeployResult]:
-    """Time ``cases`` (keys of :data:`CASES`) of ``model`` at each batch size; see :func:`time_cases`."""
+                         workdir: Optional[Path] = None, spin: bool = False) -> list[DeployResult]:
+    """Time ``cases`` (keys of :data:`CASES`) of ``model`` at each batch size; see :func:`time_cases`.
+    ``spin``: ORT's idle threads busy-wait between runs (ORT's default; only fair without PyTorch cases)."""
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise ValueError(f"unknown case(s) {', '.join(unknown)}; expected some of {', '.join(CASES)}")
     with tempfile.TemporaryDirectory(prefix="mixconv-deploy-bench-") as tmp:
-        builder = Builder(model, img_size, Path(workdir or tmp), calib_data)
+        builder = Builder(model, img_size, Path(workdir or tmp), calib_data, spin)
         return time_cases(builder, cases, batch_sizes, rounds)
 
 

@@ -118,3 +118,6 @@ def test_export_cli_rewrites_with_optimize_only(tmp_path):
                     "--img-size", "32", "--num-classes", "7", *flags)
         assert r.returncode == 0, r.stderr
         assert len(_grouped_pointwise(out)) == grouped, flags
+    r = run_cli("export", "--model", str(tmp_path / "m.yaml"), "--format", "torchscript", "--output",
+                str(tmp_path / "m.ts"), "--ort-rewrites")
+    assert r.returncode == 2 and "--ort-rewrites applies to --format onnx only, not torchscript" in r.stderr

@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     import mixconv
     from ..convert import model_from_checkpoint
 
+    if args.ort_rewrites is not None and args.format != "onnx":
+        print(f"mixconv export: error: --{'' if args.ort_rewrites else 'no-'}ort-rewrites applies to --format onnx "
+              f"only, not {args.format}", file=sys.stderr)
+        return 2
     if args.checkpoint:
         model = model_from_checkpoint(args.checkpoint, args.model)
         source = args.checkpoint

@@ -184,6 +184,10 @@ def test_qat_simulates_int8_activations_and_reduced_range_weights_as_ort(tmp_pat
     assert abs(float(stem.scale) - max(-lo, hi) / 127) < 1e-6 * max(-lo, hi)
     with pytest.raises(ValueError, match="activation_type"):
         prepare_qat(mixconv.create_model(str(tmp_path / "tiny.yaml"), num_classes=4), "int4")
+    from mixconv.deploy.quantize import ACTIVATION_TYPES
+    from mixconv.training.config import QAT_ACTIVATIONS
+
+    assert QAT_ACTIVATIONS == ACTIVATION_TYPES  # --qat-activation offers what `quantize --activation-type` does
 
 
 def test_train_qat_fine_tunes_a_checkpoint_that_quantizes(trained, tmp_path):

@@ -47,9 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export_fp32(args: argparse.Namespace) -> Path:
-    from ..deploy.quantize import export_checkpoint
+    from ..deploy.quantize import export_checkpoint, fp32_export_path
 
-    out = Path(args.fp32_output or Path(args.output).with_suffix(".fp32.onnx"))
+    out = fp32_export_path(args.output, args.fp32_output)
     check = export_checkpoint(args.checkpoint, out, args.model)
     print(f"exported {args.checkpoint} (optimized) to {out}; {check}")
     return out

@@ -29,11 +29,9 @@ from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 
 from ..config import ConfigError
 from ..layers.mixed_conv import MixConv2d
+from .quantize import ACTIVATION_TYPES
 
 _STATE = "_mixconv_qat"  # attribute on each prepared module: (activation fake-quant, hook handles)
-
-
-ACTIVATION_TYPES = ("uint8", "int8")
 
 
 def fake_quant_weight(w: torch.Tensor, reduce_range: bool = False) -> torch.Tensor:

@@ -235,11 +235,17 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, model: Optiona
     return export_onnx(optimize_for_inference(net), output, img_size=img_size, metadata=meta, ort_rewrites=True)
 
 
+def fp32_export_path(output: str | Path, fp32_output: str | Path | None = None) -> Path:
+    """Where a checkpoint's float32 export goes before quantizing to ``output``: ``fp32_output``, or ``output``
+    with the suffix ``.fp32.onnx``."""
+    return Path(fp32_output or Path(output).with_suffix(".fp32.onnx"))
+
+
 def quantize_checkpoint(checkpoint: str | Path, output: str | Path, *, fp32_output: str | Path | None = None,
                         model: Optional[str] = None, **options) -> Optional[QuantizeReport]:
-    """:func:`export_checkpoint` to ``fp32_output`` (default: ``output`` with ``.fp32.onnx``), then
-    :func:`quantize_onnx` of that file to ``output`` with ``options`` (its keyword arguments)."""
-    fp32 = Path(fp32_output or Path(output).with_suffix(".fp32.onnx"))
+    """:func:`export_checkpoint` to :func:`fp32_export_path`, then :func:`quantize_onnx` of that file to
+    ``output`` with ``options`` (its keyword arguments)."""
+    fp32 = fp32_export_path(output, fp32_output)
     export_checkpoint(checkpoint, fp32, model)
     return quantize_onnx(fp32, output, **options)
 

@@ -20,7 +20,8 @@ from ..inputs import read_yaml, short_repr
 OPTIMIZERS = ("sgd", "rmsproptf", "adamw")
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
-QAT_ACTIVATIONS = ("uint8", "int8")  # as mixconv.deploy.qat.ACTIVATION_TYPES (not imported: no torch.ao here)
+# mixconv.deploy.quantize.ACTIVATION_TYPES, not imported: mixconv.deploy imports mixconv.training (a cycle)
+QAT_ACTIVATIONS = ("uint8", "int8")
 AUTO_AUGMENTS = ("none", "randaugment", "autoaugment", "trivialaugment")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 

@@ -62,7 +62,12 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     :func:`mixconv.capability.emulated_precision`); a no-op for ``none``."""
     if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=amp_dtype(amp))
+
+
+def amp_dtype(amp: str) -> torch.dtype:
+    """The autocast dtype of ``--amp bf16|fp16``."""
+    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
 def warn_amp(device: torch.device, amp: str, stacklevel: int = 2) -> Optional[str]:
@@ -72,8 +77,7 @@ def warn_amp(device: torch.device, amp: str, stacklevel: int = 2) -> Optional[st
         return None
     from ..capability import warn_emulated_precision
 
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return warn_emulated_precision(dtype, device, f"--amp {amp}", stacklevel=stacklevel + 1)
+    return warn_emulated_precision(amp_dtype(amp), device, f"--amp {amp}", stacklevel=stacklevel + 1)
 
 
 class Progress:

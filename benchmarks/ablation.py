@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import mixconv
-from mixconv.commands.benchmark import add_timing_args, time_interleaved
+from mixconv.bench.core import add_timing_args, time_interleaved
 from mixconv.layers import ConvNormAct, MixConv2d
 from mixconv.layers.activations import SiLU
 from mixconv.layers.grouped_conv import GroupedConv1x1

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import mixconv
-from mixconv.training.data import build_dataset, collate_skip, eval_transform
-from mixconv.training.inference import load_model
+from mixconv.data.datasets import build_dataset, collate_skip, eval_transform
+from mixconv.inference.runner import load_model
 
 
 @torch.inference_mode()

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import torch
 
-from mixconv.commands.benchmark import Case, add_timing_args, run_cases, result_rows, write_results
+from mixconv.bench.core import (
+    Case,
+    add_timing_args,
+    result_rows,
+    run_cases,
+    write_results,
+)
 
 INFER_CASES = [
     ("timm", dict(source="timm")),

@@ -1,4 +1,4 @@
-"""Issue 12's deployment targets in one run: every ratio measured against a reference timed in the same process.
+"""The deployment targets in one run: every ratio measured against a reference timed in the same process.
 
     python benchmarks/deploy.py                                   # speed targets, MixNet-S 224, batch 1 and 32
     python benchmarks/deploy.py --checkpoint runs/digits/best.safetensors    # + the int8 accuracy targets
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from mixconv.capability import cpu_info
-from mixconv.deploy.bench import format_results, ratio, run_deploy_benchmark
+from mixconv.bench.runtime import format_results, ratio, run_deploy_benchmark
+from mixconv.kernels.capability import cpu_info
 
 SPEED_CASES = ("timm-ort", "ort-fp32", "ort-int8", "torch-optimize", "torch-compile")
 FP32_OURS = ("ort-fp32", "torch-optimize", "torch-compile")

@@ -1,10 +1,10 @@
-"""Issue 11's GPU targets, measured side by side with timm in one process (one H100 or H200; say which).
+"""The GPU targets, measured side by side with timm in one process (one H100 or H200; say which).
 
     python benchmarks/gpu_targets.py --out benchmarks/results            # the targets table (~5 min on an H100)
     python benchmarks/gpu_targets.py --layers --out benchmarks/results   # per-layer split/merged/triton timings
 
 MixNet-S at 224, AMP bf16, channels_last, batch 256 (inference and training). Every case is built and warmed up,
-then timed in interleaved rounds with CUDA events (``mixconv.commands.benchmark_cuda``); the median is reported.
+then timed in interleaved rounds with CUDA events (``mixconv.bench.cuda``); the median is reported.
 Targets: inference >= 2x timm eager, >= 1.3x timm compiled, >= 40% of the memory roofline (28.7 MB per image in
 bf16 at the measured copy bandwidth); training >= 1.5x timm eager and >= 5,000 img/s. The mixconv variants show
 what the Triton kernels, the fused BatchNorm/activation epilogue and torch.compile each contribute.
@@ -23,9 +23,16 @@ from pathlib import Path
 
 import torch
 
-from mixconv.commands.benchmark import Case
-from mixconv.commands.benchmark_cuda import (BYTES_PER_IMAGE_MB, GpuCase, Timer, copy_bandwidth_gbs,
-                                             format_gpu_rows, gpu_rows, run_gpu_cases)
+from mixconv.bench.core import Case
+from mixconv.bench.cuda import (
+    BYTES_PER_IMAGE_MB,
+    GpuCase,
+    Timer,
+    copy_bandwidth_gbs,
+    format_gpu_rows,
+    gpu_rows,
+    run_gpu_cases,
+)
 
 MODEL = "mixnet_s"
 

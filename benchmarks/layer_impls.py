@@ -18,7 +18,7 @@ import sys
 import torch
 
 import mixconv
-from mixconv.commands.benchmark import add_timing_args, time_interleaved
+from mixconv.bench.core import add_timing_args, time_interleaved
 from mixconv.layers import MixConv2d
 from mixconv.layers.grouped_conv import GroupedConv1x1
 

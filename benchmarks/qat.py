@@ -1,4 +1,4 @@
-"""Issue 12's QAT target, end to end: a float model where post-training quantization (PTQ) loses more than 1
+"""The QAT target, end to end: a float model where post-training quantization (PTQ) loses more than 1
 top-1 point, and quantization-aware fine-tuning (`mixconv train --qat`) that brings the int8 model back to
 within 0.5 point of the float model.
 
@@ -6,7 +6,7 @@ within 0.5 point of the float model.
     python benchmarks/qat.py --checkpoint runs/digits/last.safetensors      # from a `mixconv train` checkpoint
     python benchmarks/qat.py --float-checkpoint runs/x/last.safetensors     # from the 128 px float model
 
-The construction (as the issue suggests: MixNet-S fine-tuned at a higher resolution), with the CLI equivalents:
+The construction (MixNet-S fine-tuned at a higher resolution), with the CLI equivalents:
 
 1. ``mixconv train`` (the digits recipe: MixNet-S, 64 px, 20 epochs), or ``--checkpoint``;
 2. fine-tuned at 128 px: ``mixconv train --pretrained CKPT --img-size 128 --epochs 2 --lr 5e-4
@@ -39,8 +39,13 @@ from pathlib import Path
 
 import torch
 
-from mixconv.capability import cpu_info
-from mixconv.deploy.quantize import METHODS, QuantizeReport, QuantizeSettings, quantize_checkpoint
+from mixconv.deploy.quantize import (
+    METHODS,
+    QuantizeReport,
+    QuantizeSettings,
+    quantize_checkpoint,
+)
+from mixconv.kernels.capability import cpu_info
 
 FINETUNE = {"img_size": 128, "epochs": 2, "lr": 5e-4, "warmup_epochs": 0.0}  # step 2
 QAT = {"img_size": 128, "epochs": 2, "lr": 2e-4, "warmup_epochs": 0.0}  # step 4

@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
-from mixconv.cli import main
-from mixconv.commands.benchmark import Case, Result, result_rows
-
 from helpers import load_repo_module
+
+from mixconv.bench.core import Case, Result, result_rows
+from mixconv.cli import main
 
 SMALL = ["--batch-size", "2", "--img-size", "32", "--rounds", "2", "--warmup", "1"]
 
@@ -34,7 +33,7 @@ def test_benchmark_with_timm_json(tmp_path, capsys):
 
 
 def test_benchmark_both_modes_optimize_bf16_csv_and_yaml(tmp_path):
-    from mixconv import save_config, create_model
+    from mixconv import create_model, save_config
 
     yaml_path = tmp_path / "net.yaml"
     save_config(create_model("mixnet_s"), yaml_path)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mixconv import capability
+from mixconv.kernels import capability
 
 
 def test_detected_matches_torch(monkeypatch):

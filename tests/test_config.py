@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import ALL_MODELS, randomize_bn
 
 import mixconv
-from mixconv.config import ConfigError, load_config, save_config
-
-from helpers import ALL_MODELS, randomize_bn
+from mixconv.files.config import ConfigError, load_config, save_config
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_97be5bb760ad5d4a.txt"
 PACKAGED = resources.files("mixconv") / "configs"

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomize_bn, rel_err
 from safetensors.torch import load_file, save_file
 
 import mixconv
 from mixconv.cli import main
-from mixconv.convert import convert_checkpoint, infer_timm_variant, model_from_checkpoint
-from mixconv.integrity import file_sha256
-from mixconv.weights import CheckpointError, read_checkpoint
-
-from helpers import randomize_bn, rel_err
+from mixconv.convert.checkpoint import convert_checkpoint
+from mixconv.factory.checkpoint import infer_timm_variant, model_from_checkpoint
+from mixconv.files.inputs import CheckpointError
+from mixconv.files.integrity import file_sha256
+from mixconv.files.weights import read_checkpoint
 
 timm = pytest.importorskip("timm", reason="timm is the reference implementation (dev extra)")
 
@@ -76,7 +77,7 @@ def test_cli_convert(tmp_path, capsys):
 
 
 def test_mobilenet_checkpoint_rebuilds_but_has_no_timm_form(tmp_path):
-    from mixconv.convert import save_model_checkpoint
+    from mixconv.files.weights import save_model_checkpoint
 
     model = mixconv.create_model("mobilenet_v1_mixconv", num_classes=3)
     path = save_model_checkpoint(model, tmp_path / "mb.safetensors")

@@ -13,12 +13,13 @@ from torch.utils.data import DataLoader
 from torchvision.io import encode_jpeg, encode_png
 
 import mixconv
+from mixconv.bench import cuda as bc
+from mixconv.bench.core import Case
+from mixconv.bench.graphs import GraphedInference, bucket
 from mixconv.cli import main
-from mixconv.commands import benchmark_cuda as bc
-from mixconv.commands.benchmark import Case
-from mixconv.cuda.graphs import GraphedInference, bucket
-from mixconv.cuda.jpeg import DeviceDecodeLoader, EncodedImageFolder, collate_encoded
-from mixconv.training.data import Preprocess, SafeImageFolder, collate_skip, eval_transform
+from mixconv.data.datasets import SafeImageFolder, collate_skip, eval_transform
+from mixconv.data.jpeg import DeviceDecodeLoader, EncodedImageFolder, collate_encoded
+from mixconv.models.pretrained_cfg import Preprocess
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -31,12 +31,20 @@ from safetensors.torch import save_file
 from test_train_fixtures import TINY_YAML, run_cli
 
 import mixconv
-from mixconv.config import ConfigError, load_config
-from mixconv.inputs import MixconvInputError, load_onnx, load_yaml, open_image, read_text
+from mixconv.data.datasets import build_dataset, eval_transform
+from mixconv.files.config import ConfigError, load_config
+from mixconv.files.inputs import (
+    CheckpointError,
+    MixconvInputError,
+    load_onnx,
+    load_yaml,
+    open_image,
+    read_text,
+)
+from mixconv.files.weights import read_checkpoint, save_checkpoint
+from mixconv.models.pretrained_cfg import Preprocess
 from mixconv.training.config import TrainConfig, load_recipe
-from mixconv.training.data import Preprocess, build_dataset, eval_transform
 from mixconv.training.state import load_state, save_state
-from mixconv.weights import CheckpointError, read_checkpoint, save_checkpoint
 
 # Few, reproducible examples per property: the suite runs on 2 shared cores.
 DAMAGE = settings(max_examples=12, deadline=None, derandomize=True, database=None,
@@ -319,7 +327,7 @@ def test_bombs_fail_fast_within_a_memory_limit(good, tmp_path):
 import resource
 import mixconv
 from mixconv.training.config import load_recipe
-from mixconv.weights import read_checkpoint
+from mixconv.files.weights import read_checkpoint
 vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize')][0].split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + 512 * 2**20, vm + 512 * 2**20))
 for read, path in [(mixconv.load_config, {str(bomb)!r}), (load_recipe, {str(bomb)!r})] + [
@@ -414,7 +422,7 @@ def test_damaged_image_folder_roots(how, good, tmp_path, monkeypatch):
 
 def test_export_verification_names_a_damaged_onnx_file(good, tmp_path, monkeypatch):
     """The exported file is read back from disk: damage there (here: truncated after writing) is named."""
-    import mixconv.export as export
+    import mixconv.deploy.export as export
 
     real = export.atomic_write
 

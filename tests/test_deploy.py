@@ -14,9 +14,14 @@ import mixconv
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from mixconv.deploy.metadata import read_metadata  # noqa: E402
-from mixconv.deploy.qat import fake_quant_weight, prepare_qat, qat_observers, remove_qat  # noqa: E402
-from mixconv.training.data import DigitsDataset  # noqa: E402
+from mixconv.data.datasets import DigitsDataset  # noqa: E402
+from mixconv.files.onnx_metadata import read_metadata  # noqa: E402
+from mixconv.training.qat import (  # noqa: E402
+    fake_quant_weight,
+    prepare_qat,
+    qat_observers,
+    remove_qat,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +58,7 @@ def _digit_pngs(tmp_path, n=3):
 def test_export_stores_the_checkpoints_preprocessing_classes_and_data(trained):
     _, ckpt, fp32 = trained
     meta = read_metadata(fp32)
-    from mixconv.training.state import read_training_checkpoint
+    from mixconv.files.weights import read_training_checkpoint
 
     extra = read_training_checkpoint(ckpt)[1]
     assert meta.preprocess.to_dict() == extra["preprocess"]

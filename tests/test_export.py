@@ -5,13 +5,12 @@ import os
 
 import pytest
 import torch
+from helpers import ALL_MODELS, randomize_bn
 from torch import nn
 
 import mixconv
 from mixconv.cli import main
-from mixconv.export import ExportError, export_model, onnx_op_counts
-
-from helpers import ALL_MODELS, randomize_bn
+from mixconv.deploy.export import ExportError, export_model, onnx_op_counts
 
 onnx = pytest.importorskip("onnx", reason="export extra")
 pytest.importorskip("onnxruntime", reason="export extra")

@@ -8,8 +8,9 @@ import torch
 from test_train_fixtures import make_image_folder, run_cli
 
 import mixconv
-from mixconv.hub import read_hub_config, save_pretrained
-from mixconv.weights import CheckpointError
+from mixconv.convert.hub import save_pretrained
+from mixconv.files.hub import read_hub_config
+from mixconv.files.inputs import CheckpointError
 
 timm = pytest.importorskip("timm")
 
@@ -79,7 +80,9 @@ def test_pretrained_cfg_gives_the_variant_preprocessing():
 def test_pretrained_cfg_from_hub_folder_and_checkpoint(tmp_path):
     from timm.data import resolve_model_data_config
 
-    from mixconv.training.state import model_from_checkpoint
+    from mixconv.factory.checkpoint import (
+        model_from_training_checkpoint as model_from_checkpoint,
+    )
 
     pre = {"img_size": 64, "crop_pct": 1.0, "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5],
            "std": [0.25, 0.25, 0.25]}
@@ -132,7 +135,7 @@ def test_convert_to_and_from_a_hub_folder(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         _close(back(x), src(x))
-    from mixconv.training.inference import load_model
+    from mixconv.inference.runner import load_model
 
     loaded = load_model(tmp_path / "back.safetensors")  # classes and preprocessing travelled too
     assert loaded.classes == ["cat", "dog", "eel"] and loaded.preprocess.img_size == 32

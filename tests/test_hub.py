@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import REPO, load_repo_module
 
 import mixconv
-
-from helpers import REPO, load_repo_module
 
 
 def test_hub_lists_every_registered_model():

@@ -16,9 +16,16 @@ from test_damaged_inputs import _tiny_model, _tiny_onnx
 from test_train_fixtures import run_cli
 
 import mixconv
-from mixconv.integrity import HASH_FIELD, file_sha256, hub_hash_prefix, tensors_sha256, verify_file
+from mixconv.files.inputs import CheckpointError
+from mixconv.files.integrity import (
+    HASH_FIELD,
+    file_sha256,
+    hub_hash_prefix,
+    tensors_sha256,
+)
+from mixconv.files.verify import verify_file
+from mixconv.files.weights import read_checkpoint, save_checkpoint
 from mixconv.training.state import load_state, save_state
-from mixconv.weights import CheckpointError, read_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixconv import MixConv2d, split_channels
-from mixconv.layers import DropPath, SqueezeExcite, create_act, grouped_conv1x1, pad_same
+from mixconv.layers import (
+    DropPath,
+    SqueezeExcite,
+    create_act,
+    grouped_conv1x1,
+    pad_same,
+)
 
 
 def reference_mixconv(x: torch.Tensor, m: MixConv2d) -> torch.Tensor:

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomize_bn, rel_err
 from torch import nn
 
 import mixconv
-from mixconv.mixify import mixconv_from_depthwise
-
-from helpers import randomize_bn, rel_err
+from mixconv.surgery.mixify import mixconv_from_depthwise
 
 torchvision = pytest.importorskip("torchvision")
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ALL_MODELS
 
 import mixconv
 from mixconv.models.builder import make_divisible, scale_repeats_timm
-
-from helpers import ALL_MODELS
 
 EXPECTED_PARAMS = {
     "mixnet_s": 4_134_606, "mixnet_m": 5_014_382, "mixnet_l": 7_329_252, "mixnet_xl": 11_896_768,

@@ -5,13 +5,13 @@ import copy
 
 import pytest
 import torch
+from helpers import ALL_MODELS, load_repo_module, randomize_bn, rel_err
 
 import mixconv
+import mixconv.surgery.optimize as optimize_mod
 from mixconv import BlockRow, MixNetSpec
 from mixconv.layers import ConvNormAct, MixConv2d, SqueezeExcite
-from mixconv.optimize import FusedConvNormAct
-
-from helpers import ALL_MODELS, load_repo_module, randomize_bn, rel_err
+from mixconv.surgery.optimize import FusedConvNormAct
 
 
 def _calibrate(model, x):
@@ -87,13 +87,13 @@ def test_example_input_checks_and_catches_a_wrong_fold(monkeypatch):
     model = _model("mixnet_s")
     x = torch.randn(1, 3, 32, 32)
     mixconv.optimize_for_inference(model, example_input=x)
-    real = mixconv.optimize.FusedConvNormAct.__init__
+    real = optimize_mod.FusedConvNormAct.__init__
 
     def broken(self, cna, dtype, cast_input=False):
         real(self, cna, dtype, cast_input)
         self.bias.add_(0.5)
 
-    monkeypatch.setattr(mixconv.optimize.FusedConvNormAct, "__init__", broken)
+    monkeypatch.setattr(optimize_mod.FusedConvNormAct, "__init__", broken)
     with pytest.raises(RuntimeError, match="differs"):
         mixconv.optimize_for_inference(model, example_input=x)
 
@@ -211,8 +211,8 @@ def test_micro_batches_equal_the_whole_batch(features_only, monkeypatch):
     x = torch.randn(5, 3, 64, 64)
     with torch.no_grad():
         whole = opt(x)  # 64 px: one slice
-        monkeypatch.setattr(mixconv.optimize, "MICRO_BATCH_BYTES", 2 * 96 * 32 * 32 * 4)  # two images a slice
-        assert len(mixconv.optimize._micro_batches(x, opt.early_bytes_per_pixel)) == 3
+        monkeypatch.setattr(optimize_mod, "MICRO_BATCH_BYTES", 2 * 96 * 32 * 32 * 4)  # two images a slice
+        assert len(optimize_mod._micro_batches(x, opt.early_bytes_per_pixel)) == 3
         sliced, ref = opt(x), model(x)
     for a, b, r in zip(*(t if isinstance(t, list) else [t] for t in (whole, sliced, ref))):
         assert a.shape == b.shape == r.shape and b.is_contiguous(memory_format=torch.channels_last) == (a.dim() == 4)
@@ -223,7 +223,8 @@ def test_bf16_agreement_script_on_digits():
     # benchmarks/bf16_agreement.py: top-1 of the model and of its optimized fp32/bf16 versions on real images.
     from torch.utils.data import DataLoader
 
-    from mixconv.training.data import Preprocess, build_dataset, collate_skip, eval_transform
+    from mixconv.data.datasets import build_dataset, collate_skip, eval_transform
+    from mixconv.models.pretrained_cfg import Preprocess
 
     script = load_repo_module("benchmarks/bf16_agreement.py")
     pre = Preprocess(32, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

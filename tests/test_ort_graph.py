@@ -11,9 +11,9 @@ import mixconv
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from mixconv.deploy.export import export_onnx, onnx_op_counts  # noqa: E402
 from mixconv.deploy.groups import resolve_excludes  # noqa: E402
 from mixconv.deploy.ort_graph import tune_for_onnxruntime  # noqa: E402
-from mixconv.export import export_onnx, onnx_op_counts  # noqa: E402
 
 # Two SE blocks with group-2 expand/project convs; channels are multiples of 16 so that ORT's blocked layout
 # (8 or 16 channels a block, by CPU) takes every conv.

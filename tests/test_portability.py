@@ -12,17 +12,16 @@ import warnings
 
 import pytest
 import torch
+from helpers import rel_err
 from test_speed_equivalence import _global_err, _loss_grads, _plain
 from test_train_fixtures import REPO, image_folder, run_cli, tiny_model, tiny_settings  # noqa: F401
 
 import mixconv
-from mixconv import capability
-from mixconv.capability import LowPrecisionWarning
+from mixconv.kernels import capability
+from mixconv.inference.distributed import DistInfo
+from mixconv.kernels.capability import LowPrecisionWarning
 from mixconv.layers import MixConv2d
-from mixconv.training.distributed import DistInfo
 from mixconv.training.main import _warn_amp
-
-from helpers import rel_err
 
 LOW = [torch.bfloat16, torch.float16]
 # oneDNN and ATen limited to AVX2: what an AVX2-only CPU (no avx512_bf16, no AMX) runs, on this x86-64 CPU.

@@ -9,8 +9,11 @@ from PIL import Image
 from test_train_fixtures import TINY_YAML, run_cli, tiny_settings
 
 import mixconv
-from mixconv.training.data import DigitsDataset, eval_transform, Preprocess
-from mixconv.training.state import model_from_checkpoint
+from mixconv.data.datasets import DigitsDataset, eval_transform
+from mixconv.factory.checkpoint import (
+    model_from_training_checkpoint as model_from_checkpoint,
+)
+from mixconv.models.pretrained_cfg import Preprocess
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import torch
 from test_train_fixtures import TINY_YAML, make_image_folder, run_cli, tiny_settings
 
 import mixconv
-from mixconv.report import Predictions, confident_mistakes, write_report
+from mixconv.visual.report import Predictions, confident_mistakes, write_report
 
 pytest.importorskip("matplotlib")
 

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from helpers import rel_err
 
 import mixconv
 from mixconv.layers import ConvNormAct, MixConv2d
@@ -12,8 +13,6 @@ from mixconv.layers.grouped_conv import DEFAULT_IMPL as GROUPED_DEFAULT
 from mixconv.layers.grouped_conv import IMPLS as GROUPED_IMPLS
 from mixconv.layers.grouped_conv import GroupedConv1x1
 from mixconv.layers.mixed_conv import DEFAULT_IMPL, IMPLS
-
-from helpers import rel_err
 
 # Every multi-kernel MixConv shape of MixNet-S/M/L (kernel sizes, stride), plus an exponential split and dilation.
 LAYER_CASES = [

@@ -10,9 +10,12 @@ import torch
 from test_train_fixtures import image_folder, run_cli, tiny_model, tiny_settings  # noqa: F401
 
 import mixconv
+from mixconv.factory.checkpoint import (
+    model_from_training_checkpoint as model_from_checkpoint,
+)
+from mixconv.files.weights import read_checkpoint
 from mixconv.training import TrainingError
-from mixconv.training.state import load_state, model_from_checkpoint
-from mixconv.weights import read_checkpoint
+from mixconv.training.state import load_state
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,15 @@ import math
 import pytest
 import torch
 
-from mixconv.config import ConfigError
+from mixconv.files.config import ConfigError
 from mixconv.training.config import TrainConfig, load_recipe, make_config, recipe_names
-from mixconv.training.optim import RMSpropTF, create_optimizer, lr_factor, param_groups, scaled_lr
+from mixconv.training.optim import (
+    RMSpropTF,
+    create_optimizer,
+    lr_factor,
+    param_groups,
+    scaled_lr,
+)
 
 
 def test_shipped_recipes_load():

@@ -9,13 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mixconv.files.atomic
+import mixconv.files.weights
 import pytest
-from test_train_fixtures import REPO, cli_args, image_folder, run_cli, tiny_model, tiny_settings  # noqa: F401
+from test_train_fixtures import (  # noqa: F401
+    REPO,
+    cli_args,
+    image_folder,
+    run_cli,
+    tiny_model,
+    tiny_settings,
+)
 
 import mixconv.training.main
 import mixconv.training.state
-import mixconv.weights
-from mixconv.training.state import load_state, read_training_checkpoint
+from mixconv.files.weights import read_training_checkpoint
+from mixconv.training.state import load_state
 
 
 def rows(out: Path) -> list[int]:
@@ -33,7 +42,7 @@ def fail_nth_write(monkeypatch, name: str, nth: int, code: int, nbytes: int = 10
     The real writer runs into the temporary file, which is then cut to ``nbytes`` (a partial write) before the
     error is raised: what the atomic writer sees when the disk fills up in the middle of a file.
     """
-    original = mixconv.weights.atomic_write
+    original = mixconv.files.atomic.atomic_write
     calls = {"n": 0}
 
     def atomic_write(path, write):
@@ -50,7 +59,7 @@ def fail_nth_write(monkeypatch, name: str, nth: int, code: int, nbytes: int = 10
 
         return original(path, partial)
 
-    for module in (mixconv.weights, mixconv.training.main, mixconv.training.state):
+    for module in (mixconv.files.weights, mixconv.training.main, mixconv.training.state):
         monkeypatch.setattr(module, "atomic_write", atomic_write)
 
 

@@ -18,10 +18,10 @@ import torch
 from test_train_fixtures import REPO, cli_args, image_folder, tiny_model, tiny_settings  # noqa: F401
 
 import mixconv
+from mixconv.files.integrity import tensors_sha256
+from mixconv.files.weights import read_checkpoint
 from mixconv.training import TrainingError
-from mixconv.integrity import tensors_sha256
 from mixconv.training.state import load_state
-from mixconv.weights import read_checkpoint
 
 needs_gloo = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch build has no gloo backend")

@@ -11,11 +11,12 @@ import time
 
 import pytest
 import torch
-
 from helpers import REPO
-from mixconv.kernels import force_interpreter, triton_available, use_triton, wants_triton
+
+from mixconv.kernels import force_interpreter, triton_available, wants_triton
 from mixconv.layers import MixConv2d
 from mixconv.layers.mixed_conv import CUDA_DEFAULT_IMPL
+from mixconv.surgery.triton import use_triton
 
 CASES = REPO / "tests" / "kernel_checks" / "kernel_cases.py"
 

@@ -9,8 +9,10 @@ import torch
 from test_train_fixtures import TINY_YAML, make_image_folder, run_cli, tiny_settings
 
 import mixconv
-from mixconv.training.state import model_from_checkpoint
-from mixconv.weights import mixconv_to_timm
+from mixconv.factory.checkpoint import (
+    model_from_training_checkpoint as model_from_checkpoint,
+)
+from mixconv.files.weights import mixconv_to_timm
 
 
 @pytest.fixture(autouse=True)

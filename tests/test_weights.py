@@ -6,12 +6,12 @@ import pickle
 
 import pytest
 import torch
+from helpers import ALL_MODELS, randomize_bn, rel_err
 from safetensors.torch import save_file
 
 import mixconv
-from mixconv.weights import CheckpointError, mixconv_to_timm, read_checkpoint, save_checkpoint
-
-from helpers import ALL_MODELS, randomize_bn, rel_err
+from mixconv.files.inputs import CheckpointError
+from mixconv.files.weights import mixconv_to_timm, read_checkpoint, save_checkpoint
 
 timm = pytest.importorskip("timm", reason="timm is the reference implementation (dev extra)")
 

@@ -1,7 +1,21 @@
 """mixconv: MixConv (mixed depthwise convolution) and the MixNet family for PyTorch."""
-from .config import ConfigError, load_config, save_config
-from .inputs import MixconvInputError
-from .layers import (
+from mixconv.convert.checkpoint import convert_checkpoint
+from mixconv.convert.hub import save_pretrained  # noqa: E402
+from mixconv.deploy.export import (  # noqa: E402
+    ExportCheck,
+    ExportError,
+    export_onnx,
+    export_program,
+    export_torchscript,
+)
+from mixconv.factory.checkpoint import model_from_checkpoint  # noqa: E402
+from mixconv.factory.create import create_model
+from mixconv.factory.detection import detection_backbone  # noqa: E402
+from mixconv.files.config import ConfigError, load_config, save_config
+from mixconv.files.inputs import CheckpointError, MixconvInputError
+from mixconv.files.weights import load_pretrained, save_checkpoint
+from mixconv.kernels.capability import LowPrecisionWarning, cpu_info  # noqa: E402
+from mixconv.layers import (
     ConvNormAct,
     DropPath,
     MixConv2d,
@@ -10,53 +24,50 @@ from .layers import (
     grouped_conv1x1,
     split_channels,
 )
-from .models import (
+from mixconv.models import (
     BlockRow,
     MixNet,
     MixNetFeatures,
     MixNetSpec,
     ModelMeta,
     UnknownModelError,
-    create_model,
     get_model_def,
     list_models,
 )
-from .optimize import optimize_for_inference
-from .weights import CheckpointError, load_pretrained, save_checkpoint
-from .mixify import mixify  # noqa: E402  (after the layers it uses)
-from .export import ExportCheck, ExportError, export_onnx, export_program, export_torchscript  # noqa: E402
-from .convert import convert_checkpoint, model_from_checkpoint  # noqa: E402
-from .detection import detection_backbone  # noqa: E402
-from .capability import LowPrecisionWarning, cpu_info  # noqa: E402
-from .hub import save_pretrained  # noqa: E402
+from mixconv.surgery.mixify import mixify  # noqa: E402  (after the layers it uses)
+from mixconv.surgery.optimize import optimize_for_inference
 
 __version__ = "0.1.0"
 
 
 def train(recipe: str | None = "digits", **settings):
     """Train a MixNet (see :func:`mixconv.training.train`); ``mixconv.train()`` is ``mixconv train``."""
-    from .training import train as _train  # lazy: torchvision and scikit-learn load only when training
+    from mixconv.training import (
+        train as _train,  # lazy: torchvision and scikit-learn load only when training
+    )
 
     return _train(recipe, **settings)
 
 
 def evaluate(checkpoint=None, **options):
     """Evaluate a checkpoint (see :func:`mixconv.training.inference.evaluate`): top-1, top-5, loss, images/s."""
-    from .training.inference import evaluate as _evaluate
+    from mixconv.inference.runner import evaluate as _evaluate
 
     return _evaluate(checkpoint, **options)
 
 
 def quantize_onnx(model, output, **options):
     """int8 post-training quantization of an exported ONNX file (see :func:`mixconv.deploy.quantize_onnx`)."""
-    from .deploy.quantize import quantize_onnx as _quantize_onnx  # lazy: onnxruntime is the `export` extra
+    from mixconv.deploy.quantize import (
+        quantize_onnx as _quantize_onnx,  # lazy: onnxruntime is the `export` extra
+    )
 
     return _quantize_onnx(model, output, **options)
 
 
 def predict(images, checkpoint=None, **options):
     """Top-k classes of images (see :func:`mixconv.training.inference.predict`)."""
-    from .training.inference import predict as _predict
+    from mixconv.inference.runner import predict as _predict
 
     return _predict(images, checkpoint, **options)
 

@@ -5,24 +5,24 @@ import argparse
 import sys
 from typing import Sequence
 
-from .commands import benchmark as benchmark_cmd
-from .commands import convert as convert_cmd
-from .commands import export as export_cmd
-from .commands import info as info_cmd
-from .commands import predict as predict_cmd
-from .commands import quantize as quantize_cmd
-from .commands import train as train_cmd
-from .commands import validate as validate_cmd
-from .commands import verify as verify_cmd
-from .inputs import MixconvInputError
-from .models.registry import UnknownModelError
+from mixconv.commands import benchmark as benchmark_cmd
+from mixconv.commands import convert as convert_cmd
+from mixconv.commands import export as export_cmd
+from mixconv.commands import info as info_cmd
+from mixconv.commands import predict as predict_cmd
+from mixconv.commands import quantize as quantize_cmd
+from mixconv.commands import train as train_cmd
+from mixconv.commands import validate as validate_cmd
+from mixconv.commands import verify as verify_cmd
+from mixconv.files.inputs import MixconvInputError
+from mixconv.models.registry import UnknownModelError
 
 COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd, benchmark_cmd, verify_cmd,
             quantize_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from mixconv import __version__
 
     parser = argparse.ArgumentParser(prog="mixconv", description="MixConv and the MixNet family for PyTorch.")
     parser.add_argument("--version", action="version", version=f"mixconv {__version__}")

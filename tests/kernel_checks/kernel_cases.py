@@ -16,11 +16,14 @@ from torch import nn
 
 triton = pytest.importorskip("triton")
 
-from mixconv.kernels import force_interpreter, use_triton  # noqa: E402
-from mixconv.kernels import ops  # noqa: E402
-from mixconv.kernels.fuse import FusedMixConvBNAct, fuse_mixconv_bn_act  # noqa: E402
+from mixconv.kernels import (
+    force_interpreter,
+    ops,  # noqa: E402
+)
 from mixconv.kernels.triton_mixconv import interpreter_active  # noqa: E402
 from mixconv.layers import ConvNormAct, MixConv2d  # noqa: E402
+from mixconv.surgery.fuse import FusedMixConvBNAct, fuse_mixconv_bn_act  # noqa: E402
+from mixconv.surgery.triton import use_triton  # noqa: E402
 
 if interpreter_active():
     DEVICE = "cpu"

@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import convert_checkpoint
+    from mixconv.convert.checkpoint import convert_checkpoint
 
     print(convert_checkpoint(args.input, args.output, args.model))
     return 0

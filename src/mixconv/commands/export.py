@@ -4,7 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, ExportError, export_model, onnx_op_counts
+from mixconv.deploy.export import (
+    DEFAULT_OPSET,
+    FORMATS,
+    ONNX_EXPORTERS,
+    ExportError,
+    export_model,
+    onnx_op_counts,
+)
 
 
 def _img_size(text: str) -> tuple[int, int]:
@@ -46,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import mixconv
-    from ..convert import model_from_checkpoint
+    from mixconv.factory.checkpoint import model_from_checkpoint
 
     if args.ort_rewrites is not None and args.format != "onnx":
         print(f"mixconv export: error: --{'' if args.ort_rewrites else 'no-'}ort-rewrites applies to --format onnx "
@@ -62,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("mixconv export: error: give --model and/or --checkpoint", file=sys.stderr)
         return 2
-    from ..deploy.metadata import checkpoint_metadata
+    from mixconv.files.onnx_metadata import checkpoint_metadata
 
     metadata = checkpoint_metadata(model, args.checkpoint)  # before --optimize, which may drop model.meta
     img_size = args.img_size

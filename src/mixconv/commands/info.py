@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..info import format_layout, format_table, model_summary
-from ..models.registry import list_models
+from mixconv.bench.info import format_layout, format_table, model_summary
+from mixconv.models.registry import list_models
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -29,8 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..training.inference import predict
+    from mixconv.files.config import ConfigError
+    from mixconv.inference.runner import predict
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: got {args.top_k}; expected an int >= 1")
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     results = predict(args.images, args.checkpoint, model=args.model, top_k=args.top_k, img_size=args.img_size,
                       crop_pct=args.crop_pct, interpolation=args.interpolation, onnx=args.onnx)
     if args.cam:
-        from ..cam import save_cams
+        from mixconv.visual.cam import save_cams
 
         cams = save_cams(args.images, args.checkpoint, args.cam, model=args.model, layer=args.cam_layer,
                          img_size=args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation)

@@ -7,8 +7,13 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..deploy.groups import GROUPS
-    from ..deploy.quantize import ACTIVATION_TYPES, MAX_DROP, METHODS, MIN_AGREEMENT
+    from mixconv.deploy.groups import GROUPS
+    from mixconv.deploy.quantize import (
+        ACTIVATION_TYPES,
+        MAX_DROP,
+        METHODS,
+        MIN_AGREEMENT,
+    )
 
     groups = "; ".join(f"{k}: {v[1]}" for k, v in GROUPS.items())
     p = subparsers.add_parser(
@@ -47,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export_fp32(args: argparse.Namespace) -> Path:
-    from ..deploy.quantize import export_checkpoint, fp32_export_path
+    from mixconv.deploy.quantize import export_checkpoint, fp32_export_path
 
     out = fp32_export_path(args.output, args.fp32_output)
     check = export_checkpoint(args.checkpoint, out, args.model)
@@ -56,8 +61,8 @@ def _export_fp32(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..deploy.quantize import QuantizeSettings, cpu_warning, quantize_onnx
+    from mixconv.deploy.quantize import QuantizeSettings, cpu_warning, quantize_onnx
+    from mixconv.files.config import ConfigError
 
     if args.calib_images < 1 or (args.val_images is not None and args.val_images < 1):
         raise ConfigError("--calib-images and --val-images must be >= 1")

@@ -93,9 +93,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import TrainingError
-    from ..training.config import make_config
-    from ..training.main import run as run_training
+    from mixconv.training import TrainingError
+    from mixconv.training.config import make_config
+    from mixconv.training.main import run as run_training
 
     overrides = overrides_from_args(args)
     try:

@@ -35,15 +35,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..training.inference import evaluate, write_results
+    from mixconv.files.config import ConfigError
+    from mixconv.inference.runner import evaluate, write_results
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: got {args.batch_size}; expected an int >= 1")
     if args.results_file and not args.results_file.endswith((".json", ".csv")):
         raise ConfigError(f"--results-file {args.results_file}: expected a .json or .csv file name")
     if args.report:  # one pass gives both the metrics and the report
-        from ..report import report_from_checkpoint
+        from mixconv.visual.report import report_from_checkpoint
 
         evaluate = partial(report_from_checkpoint, args.report)
     results = evaluate(args.checkpoint, model=args.model, data=args.data, batch_size=args.batch_size,

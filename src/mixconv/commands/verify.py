@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..integrity import verify_file
+    from mixconv.files.verify import verify_file
 
     reports = [verify_file(f) for f in args.files]  # an unreadable file raises: the CLI exits 2 naming it
     if args.format == "json":

@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import ConfigError
+from mixconv.files.config import ConfigError
 
 # Named groups of modules kept in float by ``--exclude``; a tuple of (module-path predicate, description).
 GROUPS: dict[str, tuple[Any, str]] = {

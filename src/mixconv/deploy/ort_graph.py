@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .densify import MAX_ZEROS, densify_graph
+from mixconv.deploy.densify import MAX_ZEROS, densify_graph
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..config import ConfigError
-from .densify import MAX_ZEROS, densify_grouped_pointwise
-from .metadata import OnnxMetadata, read_metadata, write_metadata
+from mixconv.deploy.densify import MAX_ZEROS, densify_grouped_pointwise
+from mixconv.files.config import ConfigError
+from mixconv.files.onnx_metadata import OnnxMetadata, read_metadata, write_metadata
 
 METHODS = ("minmax", "percentile", "entropy")
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -125,7 +125,7 @@ def data_splits(data: str, meta: OnnxMetadata, source: str) -> tuple[Dataset, Da
     """(calibration, validation) datasets of ``data`` (``digits`` or an ImageFolder root) with the file's eval
     preprocessing: calibration from the training split, validation from the val split. A folder without
     ``train/`` serves both (the calibration images are then a sample of the validation images)."""
-    from ..training.data import build_dataset, eval_transform
+    from mixconv.data.datasets import build_dataset, eval_transform
 
     if meta.preprocess is None:
         raise ConfigError(f"{source}: no mixconv preprocessing in its metadata; export it with `mixconv export`")
@@ -147,7 +147,7 @@ def _sample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
 
 
 def _batches(ds: Dataset, batch_size: int) -> Iterator[torch.Tensor]:
-    from ..training.data import collate_skip
+    from mixconv.data.datasets import collate_skip
 
     for images, _targets, _skipped in DataLoader(ds, batch_size, collate_fn=collate_skip):
         if images is not None:
@@ -178,12 +178,17 @@ def quantize_onnx(
             agrees on fewer than ``min_agreement`` percent of images, a per-tensor sensitivity report is added.
     Returns the :class:`QuantizeReport` (``None`` with ``verify=False``).
     """
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
-    from ..weights import atomic_write
-    from .groups import resolve_excludes
-    from .runtime import ort_session
+    from mixconv.deploy.groups import resolve_excludes
+    from mixconv.files.atomic import atomic_write
+    from mixconv.inference.ort import ort_session
 
     model, output = Path(model), Path(output)
     meta = read_metadata(model)
@@ -222,10 +227,10 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, model: Optiona
     """Export a checkpoint, optimized for inference, to a float32 ONNX file at ``output`` at its own input size
     with its preprocessing and data in the metadata: what ``mixconv quantize --checkpoint`` quantizes. ``model``
     is the architecture of a checkpoint without a header. Returns the export's ``ExportCheck``."""
-    from ..convert import model_from_checkpoint
-    from ..export import export_onnx
-    from ..optimize import optimize_for_inference
-    from .metadata import checkpoint_metadata
+    from mixconv.deploy.export import export_onnx
+    from mixconv.factory.checkpoint import model_from_checkpoint
+    from mixconv.files.onnx_metadata import checkpoint_metadata
+    from mixconv.surgery.optimize import optimize_for_inference
 
     net = model_from_checkpoint(checkpoint, model).eval()
     img_size = tuple(net.meta.input_size[1:]) if getattr(net, "meta", None) is not None else None
@@ -251,7 +256,7 @@ def quantize_checkpoint(checkpoint: str | Path, output: str | Path, *, fp32_outp
 
 
 def _run_all(session, ds: Dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    from ..training.data import collate_skip
+    from mixconv.data.datasets import collate_skip
 
     name = session.get_inputs()[0].name
     logits, targets = [], []
@@ -267,7 +272,7 @@ def _run_all(session, ds: Dataset, batch_size: int = 32) -> tuple[np.ndarray, np
 def verify_int8(fp32: str | Path, int8: str | Path, val_ds: Dataset,
                 speed_batches: Sequence[int] = (1, 32), rounds: int = 5) -> QuantizeReport:
     """Top-1 of both files, agreement and largest logit difference on ``val_ds``; sizes; int8/fp32 speed."""
-    from .runtime import ort_session
+    from mixconv.inference.ort import ort_session
 
     s32, s8 = ort_session(fp32), ort_session(int8)
     l32, targets = _run_all(s32, val_ds)
@@ -330,7 +335,7 @@ def sensitivity(fp32: str | Path, int8: str | Path, ds: Dataset, input_name: str
 
 def cpu_warning() -> Optional[str]:
     """A warning where this CPU has no int8 dot-product units (VNNI/AMX on x86, dotprod/i8mm on Arm)."""
-    from ..capability import cpu_info, has_int8_dot
+    from mixconv.kernels.capability import cpu_info, has_int8_dot
 
     if has_int8_dot():
         return None

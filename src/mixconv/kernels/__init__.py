@@ -2,10 +2,10 @@
 ``torch.ops.mixconv.mixconv2d``.
 
 Importing this package does not import Triton; :mod:`mixconv.kernels.ops` does. ``MixConv2d(impl="triton")``
-(or :func:`use_triton` on a model) runs the kernels on CUDA tensors only; on CPU it falls back to the
+(or :func:`mixconv.surgery.use_triton` on a model) runs the kernels on CUDA tensors only; on CPU it falls back to the
 ``merged``/``split`` impls, unless :func:`force_interpreter` is on and Triton runs its interpreter
 (``TRITON_INTERPRET=1`` before triton's first import), which is what the CPU tests do.
 """
-from .routing import force_interpreter, triton_available, use_triton, wants_triton
+from mixconv.kernels.routing import force_interpreter, triton_available, wants_triton
 
-__all__ = ["force_interpreter", "triton_available", "use_triton", "wants_triton"]
+__all__ = ["force_interpreter", "triton_available", "wants_triton"]

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import triton_mixconv as tk
+from mixconv.kernels import triton_mixconv as tk
 
 PADDINGS = ("symmetric", "same")
 
@@ -123,7 +123,8 @@ mixconv2d.register_autograd(_backward, setup_context=_setup_context)
 def reference(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
               stride: int, dilation: int, padding: str, act: str) -> torch.Tensor:
     """What the op computes, with ATen's depthwise conv on the merged kernel (for tests and debugging)."""
-    from ..layers.padding import pad_same
+    # The one import of layers/ from kernels/: this test reference pads exactly as the MixConv layer does.
+    from mixconv.layers.padding import pad_same
 
     k = weight.shape[-1]
     if padding == "same":

@@ -7,7 +7,6 @@ import importlib.util
 from typing import Iterator
 
 import torch
-from torch import nn
 
 _FORCE = {"cpu": False}
 
@@ -37,12 +36,3 @@ def wants_triton(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and _FORCE["cpu"]
 
 
-def use_triton(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Set every ``MixConv2d`` of ``model`` to ``impl="triton"`` (``enabled=False``: back to its table's impl).
-    Returns ``model``; parameters and state dict are unchanged."""
-    from ..layers.mixed_conv import MixConv2d, default_impl
-
-    for m in model.modules():
-        if isinstance(m, MixConv2d):
-            m.impl = "triton" if enabled else default_impl(m.kernel_sizes, m.stride, m.in_channels)
-    return model

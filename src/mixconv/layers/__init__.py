@@ -1,12 +1,12 @@
 """Model-independent layers: MixConv, grouped 1x1 conv, squeeze-excite, conv-norm-act, drop-path."""
-from .activations import ACTIVATION_NAMES, canonical_act_name, create_act
-from .conv2d_same import Conv2dSame, create_conv2d
-from .conv_norm_act import ConvNormAct
-from .drop_path import DropPath, drop_path
-from .grouped_conv import grouped_conv1x1
-from .mixed_conv import MixConv2d, split_channels
-from .padding import pad_same
-from .squeeze_excite import SqueezeExcite
+from mixconv.layers.activations import ACTIVATION_NAMES, canonical_act_name, create_act
+from mixconv.layers.conv2d_same import Conv2dSame, create_conv2d
+from mixconv.layers.conv_norm_act import ConvNormAct
+from mixconv.layers.drop_path import DropPath, drop_path
+from mixconv.layers.grouped_conv import grouped_conv1x1
+from mixconv.layers.mixed_conv import MixConv2d, split_channels
+from mixconv.layers.padding import pad_same
+from mixconv.layers.squeeze_excite import SqueezeExcite
 
 __all__ = [
     "ACTIVATION_NAMES",

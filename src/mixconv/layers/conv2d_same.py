@@ -5,7 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .padding import check_padding_mode, is_static_same, pad_same, symmetric_padding
+from mixconv.layers.padding import (
+    check_padding_mode,
+    is_static_same,
+    pad_same,
+    symmetric_padding,
+)
 
 # SAME padding depends on the input size: a leaf for torch.fx tracing instead of control flow on proxies.
 torch.fx.wrap("pad_same")

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import create_act
-from .grouped_conv import GroupedConv1x1, block_diagonal
+from mixconv.layers.activations import create_act
+from mixconv.layers.grouped_conv import GroupedConv1x1, block_diagonal
 
 
 def _bn_from_input_applies(conv: nn.Module, bn: nn.Module) -> bool:

@@ -7,10 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capability import runs_emulated
-from ..kernels.routing import wants_triton
-from .conv2d_same import create_conv2d
-from .padding import check_padding_mode, is_static_same, pad_same, symmetric_padding
+from mixconv.kernels.capability import runs_emulated
+from mixconv.kernels.routing import wants_triton
+from mixconv.layers.conv2d_same import create_conv2d
+from mixconv.layers.padding import (
+    check_padding_mode,
+    is_static_same,
+    pad_same,
+    symmetric_padding,
+)
 
 SPLIT_MODES = ("equal", "exponential")
 IMPLS = ("split", "merged", "triton")
@@ -274,7 +279,7 @@ class MixConv2d(nn.Module):
     def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         """All groups in one Triton launch (``torch.ops.mixconv.mixconv2d``); under autocast the input and the
         weight are cast to its dtype first, as autocast casts a conv's."""
-        from ..kernels.ops import mixconv2d
+        from mixconv.kernels.ops import mixconv2d
 
         x, w = self.triton_operands(x)
         return mixconv2d(x, w, None, self.merged_bias(), list(self.kernel_sizes), list(self.split_sizes), self.stride,

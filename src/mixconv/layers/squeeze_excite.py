@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .activations import create_act
+from mixconv.layers.activations import create_act
 
 
 class SqueezeExcite(nn.Module):

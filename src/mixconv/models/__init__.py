@@ -1,14 +1,27 @@
-"""The MixNet family: typed specs, the builder, the network, the registry and the factory."""
-from . import mobilenet as _mobilenet  # noqa: F401  (registers the MixConv-MobileNets)
-from . import variants as _variants  # noqa: F401  (registers the models)
-from .builder import ResolvedBlock, ResolvedNet, make_divisible, resolve, round_channels
-from .factory import create_model
-from .mixnet import MixNet, MixNetBlock, MixNetFeatures
-from .registry import UnknownModelError, get_model_def, list_models, register
-from .specs import BlockRow, MixNetSpec, ModelDef, ModelMeta
+"""The MixNet family: typed specs, the builder, the network, the registry, and model sizes.
+
+Pure: nothing here reads or writes files (that is :mod:`mixconv.files`); models are built from names, YAML
+files and checkpoints by :mod:`mixconv.factory`."""
+from mixconv.models import mobilenet as _mobilenet  # noqa: F401  (registers the MixConv-MobileNets)
+from mixconv.models import variants as _variants  # noqa: F401  (registers the models)
+from mixconv.models.builder import (
+    ResolvedBlock,
+    ResolvedNet,
+    make_divisible,
+    resolve,
+    round_channels,
+)
+from mixconv.models.mixnet import MixNet, MixNetBlock, MixNetFeatures
+from mixconv.models.registry import (
+    UnknownModelError,
+    get_model_def,
+    list_models,
+    register,
+)
+from mixconv.models.specs import BlockRow, MixNetSpec, ModelDef, ModelMeta
 
 __all__ = [
     "BlockRow", "MixNet", "MixNetBlock", "MixNetFeatures", "MixNetSpec", "ModelDef", "ModelMeta", "ResolvedBlock",
-    "ResolvedNet", "UnknownModelError", "create_model", "get_model_def", "list_models", "make_divisible", "register",
+    "ResolvedNet", "UnknownModelError", "get_model_def", "list_models", "make_divisible", "register",
     "resolve", "round_channels",
 ]

@@ -7,9 +7,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..layers import ConvNormAct, DropPath, MixConv2d, SqueezeExcite, create_conv2d, grouped_conv1x1
-from .builder import ResolvedBlock, ResolvedNet, resolve
-from .specs import MixNetSpec, ModelMeta
+from mixconv.layers import (
+    ConvNormAct,
+    DropPath,
+    MixConv2d,
+    SqueezeExcite,
+    create_conv2d,
+    grouped_conv1x1,
+)
+from mixconv.models.builder import ResolvedBlock, ResolvedNet, resolve
+from mixconv.models.specs import MixNetSpec, ModelMeta
 
 
 class MixNetBlock(nn.Module):

@@ -13,10 +13,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..layers import ConvNormAct, MixConv2d
-from .builder import make_divisible
-from .registry import register
-from .specs import ModelDef, ModelMeta
+from mixconv.layers import ConvNormAct, MixConv2d
+from mixconv.models.builder import make_divisible
+from mixconv.models.registry import register
+from mixconv.models.specs import ModelDef, ModelMeta
 
 PAPER_KERNELS = (3, 5, 7, 9)
 

@@ -7,11 +7,12 @@ model's own preprocessing. It starts from the variant's :class:`ModelMeta` and i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from torch import nn
 
-from .specs import ModelMeta
+from mixconv.models.specs import ModelMeta
 
 FIRST_CONV = "stem.conv"
 CLASSIFIER = "classifier"
@@ -76,3 +77,23 @@ def set_pretrained_cfg(model: nn.Module, **fields: Any) -> dict[str, Any]:
 
 __all__ = ["CLASSIFIER", "FIRST_CONV", "PREPROCESS_FIELDS", "cfg_from_meta", "cfg_from_preprocess",
            "preprocess_from_cfg", "set_pretrained_cfg"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Evaluation preprocessing; embedded in checkpoints so validate/predict reproduce it."""
+
+    img_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"img_size": self.img_size, "crop_pct": self.crop_pct, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        return cls(int(d["img_size"]), float(d["crop_pct"]), str(d["interpolation"]),
+                   tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 
-from .specs import ModelDef
+from mixconv.models.specs import ModelDef
 
 _REGISTRY: dict[str, ModelDef] = {}
 

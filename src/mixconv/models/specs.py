@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
 
-from ..layers.activations import canonical_act_name
-from ..layers.mixed_conv import SPLIT_MODES, check_kernel_sizes
-from ..layers.padding import PADDING_MODES
+from mixconv.layers.activations import canonical_act_name
+from mixconv.layers.mixed_conv import SPLIT_MODES, check_kernel_sizes
+from mixconv.layers.padding import PADDING_MODES
 
 DepthRule = Literal["ceil", "timm"]
 DEPTH_RULES = ("ceil", "timm")

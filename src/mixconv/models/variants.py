@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .registry import register
-from .specs import BlockRow, MixNetSpec, ModelDef, ModelMeta
+from mixconv.models.registry import register
+from mixconv.models.specs import BlockRow, MixNetSpec, ModelDef, ModelMeta
 
 
 def _relu(k: tuple[int, ...], c: int, n: int = 1, s: int = 1, e: int = 1, eg: int = 1, pg: int = 1) -> BlockRow:

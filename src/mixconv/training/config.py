@@ -14,13 +14,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..config import ConfigError
-from ..inputs import read_yaml, short_repr
+from mixconv.files.config import ConfigError
+from mixconv.files.inputs import read_yaml, short_repr
 
 OPTIMIZERS = ("sgd", "rmsproptf", "adamw")
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
-# mixconv.deploy.quantize.ACTIVATION_TYPES, not imported: mixconv.deploy imports mixconv.training (a cycle)
+# The same as mixconv.deploy.quantize.ACTIVATION_TYPES (a test checks): training and deploy are independent rooms
 QAT_ACTIVATIONS = ("uint8", "int8")
 AUTO_AUGMENTS = ("none", "randaugment", "autoaugment", "trivialaugment")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")

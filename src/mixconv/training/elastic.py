@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from .distributed import DistInfo
+from mixconv.inference.distributed import DistInfo
 
 RUN_ID_KEY = "elastic_run_id"  # in the resume state: the torchrun job that wrote it
 

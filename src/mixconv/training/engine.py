@@ -1,18 +1,18 @@
-"""One epoch of training and one pass of evaluation (the torchvision reference's two functions)."""
+"""One epoch of training (the torchvision reference's train_one_epoch); evaluation is in
+:mod:`mixconv.inference.engine`."""
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistInfo, all_reduce_sum, broadcast_flag
+from mixconv.inference.distributed import DistInfo, all_reduce_sum, broadcast_flag
+from mixconv.inference.engine import Progress, autocast
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,70 +41,6 @@ class TrainStats:
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class EvalStats:
-    loss: float
-    top1: float
-    top5: float
-    images: int
-    seconds: float
-    skipped: int
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on any device (on a CPU without native support it runs emulated: see
-    :func:`mixconv.capability.emulated_precision`); a no-op for ``none``."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype(amp))
-
-
-def amp_dtype(amp: str) -> torch.dtype:
-    """The autocast dtype of ``--amp bf16|fp16``."""
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def warn_amp(device: torch.device, amp: str, stacklevel: int = 2) -> Optional[str]:
-    """A :class:`~mixconv.capability.LowPrecisionWarning` where ``--amp`` would run emulated on ``device`` (a
-    capability check, not a timing): train and validate both call it. Returns the message, or ``None``."""
-    if amp == "none":
-        return None
-    from ..capability import warn_emulated_precision
-
-    return warn_emulated_precision(amp_dtype(amp), device, f"--amp {amp}", stacklevel=stacklevel + 1)
-
-
-class Progress:
-    """A tqdm bar on a terminal; plain lines every ``interval`` steps otherwise (logs, CI). Silent off rank 0."""
-
-    def __init__(self, total: int, desc: str, enabled: bool, interval: int = 10) -> None:
-        self.total, self.desc, self.enabled, self.interval = total, desc, enabled, max(interval, 1)
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
-
-    def update(self, step: int, **info: Any) -> None:
-        if not self.enabled:
-            return
-        text = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items()}
-        if self.bar is not None:
-            self.bar.set_postfix(text, refresh=False)
-            self.bar.update(1)
-        elif step % self.interval == 0 or step == self.total:
-            fields = " ".join(f"{k}={v}" for k, v in text.items())
-            print(f"{self.desc} [{step}/{self.total}] {fields}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def train_one_epoch(
@@ -185,46 +121,3 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer,
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    info: DistInfo,
-    amp: str = "none",
-    channels_last: bool = False,
-    desc: str = "val",
-    log_interval: int = 10,
-) -> EvalStats:
-    """Cross-entropy loss, top-1 and top-5 (percent) over ``loader``, summed over all ranks."""
-    model.eval()
-    device = info.device
-    loss_sum, c1, c5, n, skipped = 0.0, 0.0, 0.0, 0, 0
-    progress = Progress(len(loader), desc, info.is_main, log_interval)
-    start = time.perf_counter()
-    for i, (images, targets, n_skipped) in enumerate(loader, start=1):
-        skipped += n_skipped
-        if images is None:
-            continue
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            output = model(images)
-        output = output.float()
-        loss_sum += F.cross_entropy(output, targets, reduction="sum").item()
-        k = min(5, output.size(1))
-        top = output.topk(k, dim=1).indices
-        hit = top.eq(targets[:, None])
-        c1 += hit[:, 0].sum().item()
-        c5 += hit.any(dim=1).sum().item()
-        n += targets.size(0)
-        progress.update(i, top1=100.0 * c1 / n)
-    progress.close()
-    seconds = time.perf_counter() - start
-    loss_sum, c1, c5, n, skipped = all_reduce_sum([loss_sum, c1, c5, float(n), float(skipped)], info)
-    if n == 0:
-        return EvalStats(float("nan"), float("nan"), float("nan"), 0, seconds, int(skipped))
-    return EvalStats(loss_sum / n, 100.0 * c1 / n, 100.0 * c5 / n, int(n), seconds, int(skipped))

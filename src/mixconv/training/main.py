@@ -19,23 +19,40 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError
-from ..inputs import read_yaml
-from ..integrity import tensors_sha256
-from ..cuda.jpeg import DeviceDecodeLoader, collate_encoded
-from ..models import create_model
-from ..models.factory import resolve_model_name
-from ..weights import CheckpointError, atomic_write, load_pretrained
-from . import elastic
-from . import state as ckpt
-from .config import TrainConfig, check_overrides, make_config
-from .data import (AugmentSettings, Preprocess, ShardSampler, build_dataset, collate_skip, dataset_classes,
-                   eval_transform, train_transform)
-from .distributed import DistInfo, barrier, broadcast_flag, cleanup, gather_objects, init_distributed, sync_buffers
-from .ema import ModelEma
-from .engine import NonFiniteLossError, StepSettings, evaluate, train_one_epoch, warn_amp
-from .errors import TrainingError, WriteError, writing
-from .optim import create_optimizer, create_scheduler, scaled_lr
+from mixconv.data.datasets import (
+    AugmentSettings,
+    ShardSampler,
+    build_dataset,
+    collate_skip,
+    dataset_classes,
+    eval_transform,
+    train_transform,
+)
+from mixconv.data.jpeg import DeviceDecodeLoader, collate_encoded
+from mixconv.factory.create import create_model, resolve_model_name
+from mixconv.files.atomic import atomic_write
+from mixconv.files.config import ConfigError
+from mixconv.files.inputs import CheckpointError, read_yaml
+from mixconv.files.integrity import tensors_sha256
+from mixconv.files.weights import load_pretrained
+from mixconv.inference.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_flag,
+    cleanup,
+    gather_objects,
+    init_distributed,
+    sync_buffers,
+)
+from mixconv.inference.engine import evaluate, warn_amp
+from mixconv.models.pretrained_cfg import Preprocess
+from mixconv.training import elastic
+from mixconv.training import state as ckpt
+from mixconv.training.config import TrainConfig, check_overrides, make_config
+from mixconv.training.ema import ModelEma
+from mixconv.training.engine import NonFiniteLossError, StepSettings, train_one_epoch
+from mixconv.training.errors import TrainingError, WriteError, writing
+from mixconv.training.optim import create_optimizer, create_scheduler, scaled_lr
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "seconds",
                  "skipped_images")
@@ -124,7 +141,7 @@ def build_model(cfg: TrainConfig, num_classes: int, info: DistInfo) -> nn.Module
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)  # a classifier of another size stays as initialised above
     if cfg.qat:  # quantization-aware fine-tuning: fake quantization as onnxruntime's int8 (mixconv.deploy.qat)
-        from ..deploy.qat import setup_qat
+        from mixconv.training.qat import setup_qat
 
         setup_qat(model, cfg)
     if cfg.freeze_backbone:
@@ -229,7 +246,7 @@ class _TensorBoard:
     def add_examples(self, dataset: Any, pre: Preprocess, n: int = 8) -> None:
         """A few training images, as augmented and (with the normalisation undone) as the model sees them."""
         if self.writer is not None and len(dataset):
-            from ..report import denormalizer
+            from mixconv.data.datasets import denormalizer
 
             image_of = denormalizer(dataset, pre.mean, pre.std)
             imgs = [im for im in map(image_of, range(min(n, len(dataset)))) if im is not None]

@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from mixconv.training.config import TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

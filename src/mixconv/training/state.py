@@ -24,10 +24,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..integrity import HASH_FIELD, nested_tensors, recorded_check, tensors_sha256
-from ..weights import (CheckpointError, atomic_write, header_extra, load_torch_file, raise_if_corrupted, read_checkpoint,
-                       save_checkpoint)
-from .errors import writing
+from mixconv.files.atomic import atomic_write
+from mixconv.files.inputs import CheckpointError
+from mixconv.files.integrity import (
+    HASH_FIELD,
+    nested_tensors,
+    recorded_check,
+    tensors_sha256,
+)
+from mixconv.files.weights import (
+    load_torch_file,
+    raise_if_corrupted,
+    save_checkpoint,
+)
+from mixconv.training.errors import writing
 
 STATE_FORMAT = "mixconv-train/1"
 STATE_SUFFIX = ".state.pt"
@@ -138,40 +148,3 @@ def find_resume_state(target: str | Path) -> Path:
     raise CheckpointError(f"--resume {target}: expected a run directory, last.safetensors or last{STATE_SUFFIX}")
 
 
-def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights and the training metadata (classes, preprocessing, data, ...) of a mixconv checkpoint.
-
-    The metadata is empty for checkpoints without it (timm files, plain state dicts).
-    """
-    sd, header = read_checkpoint(path)
-    extra = header_extra(header, path)
-    if header.get("config"):
-        extra["config_yaml"] = header["config"]
-        extra.setdefault("model_name", header.get("model_name", ""))
-        extra.setdefault("num_classes", int(header.get("num_classes", "0") or 0))
-        extra.setdefault("in_chans", int(header.get("in_chans", "3") or 3))
-    return sd, extra
-
-
-def model_from_checkpoint(path: str | Path, num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a mixconv checkpoint describes and load its weights."""
-    from ..config import spec_from_dict
-    from ..inputs import load_yaml
-    from ..models import create_model
-    from ..weights import load_pretrained
-
-    sd, extra = read_training_checkpoint(path)
-    if "config_yaml" not in extra:
-        raise CheckpointError(f"{path}: not a self-describing mixconv checkpoint (no model config in it); pass "
-                              "--model NAME|YAML as well")
-    name = extra.get("model_name", "")
-    spec = spec_from_dict(load_yaml(extra["config_yaml"], f"{path} (header 'config')", CheckpointError), str(path))
-    n = int(extra.get("num_classes", 0)) if num_classes is None else num_classes
-    model = create_model(spec, num_classes=n, in_chans=int(extra.get("in_chans", 3)))
-    model.model_name = name or getattr(model, "model_name", "custom")
-    load_pretrained(model, path)
-    if "preprocess" in extra:  # timm's data tools then see the training preprocessing, not the variant's
-        from ..models.pretrained_cfg import cfg_from_preprocess, set_pretrained_cfg
-
-        set_pretrained_cfg(model, **cfg_from_preprocess(extra["preprocess"], int(extra.get("in_chans", 3))))
-    return model, extra

@@ -1,0 +1,1 @@
+"""Measurements: the interleaved timing core, CPU, CUDA and onnxruntime benchmarks, model summaries."""

@@ -1,0 +1,196 @@
+"""``create_model``: the one dispatch from what a user names (a registered name, a YAML file, a spec, a folder in
+timm's hub layout) to a model, with optional local pretrained weights (nothing is downloaded)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from mixconv.files.config import is_config_path, load_config
+from mixconv.files.hub import (
+    HubConfig,
+    _folder,
+    hub_weights_file,
+    is_hub_folder,
+    read_hub_config,
+)
+from mixconv.files.inputs import CheckpointError
+from mixconv.files.weights import (
+    check_state_dict,
+    is_timm_state_dict,
+    load_pretrained,
+    read_checkpoint,
+    timm_to_mixconv,
+)
+from mixconv.models.mixnet import MixNet, MixNetFeatures
+from mixconv.models.pretrained_cfg import cfg_from_meta, set_pretrained_cfg
+from mixconv.models.registry import get_model_def, list_models
+from mixconv.models.specs import MixNetSpec, ModelMeta
+
+
+def resolve_model_name(name_or_yaml: str | Path | MixNetSpec) -> tuple[str, MixNetSpec | None, ModelMeta]:
+    """Return ``(name, spec, meta)`` for a registered name, a YAML path or a spec.
+
+    ``spec`` is ``None`` for a registered model built by a builder function (not a MixNet).
+    """
+    if isinstance(name_or_yaml, MixNetSpec):
+        return "custom", name_or_yaml, ModelMeta()
+    if is_config_path(name_or_yaml):
+        return Path(name_or_yaml).stem, load_config(name_or_yaml), ModelMeta()
+    model_def = get_model_def(str(name_or_yaml))
+    return model_def.name, model_def.spec, model_def.meta
+
+
+def create_model(
+    name_or_yaml: str | Path | MixNetSpec,
+    *,
+    num_classes: int | None = None,
+    pretrained: str | Path | bool | None = None,
+    in_chans: int | None = None,
+    drop_rate: float | None = None,
+    drop_path_rate: float | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+) -> nn.Module:
+    """Build a MixNet.
+
+    Args:
+        name_or_yaml: a registered name (see :func:`list_models`), a path to a ``.yaml``/``.yml`` config, a
+            :class:`MixNetSpec`, or a local folder in timm's Hugging Face hub layout (also ``local-dir:DIR``):
+            its ``config.json`` gives the architecture, classes and preprocessing.
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features); default
+            1000, or the hub folder's.
+        pretrained: path to a local timm or mixconv checkpoint, or hub folder, of the same architecture;
+            ``True`` with a hub folder as ``name_or_yaml`` loads that folder's weights. Nothing is ever
+            downloaded.
+        in_chans: input channels (default 3, or the hub folder's); pretrained stem weights are adapted.
+        drop_rate: dropout before the classifier (default: the variant's).
+        drop_path_rate: stochastic depth rate of the last block, ramped linearly from 0.
+        features_only: return a :class:`MixNetFeatures` giving the feature maps at strides 2..32.
+        out_indices: which feature stages ``features_only`` returns (default: all).
+    """
+    hub_dir = _hub_folder(name_or_yaml)
+    if hub_dir is not None:
+        return create_from_hub(hub_dir, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans,
+                               drop_rate=drop_rate, drop_path_rate=drop_path_rate, features_only=features_only,
+                               out_indices=out_indices)
+    if isinstance(pretrained, bool):
+        if pretrained:
+            raise ValueError("pretrained=True needs a hub folder as the model; otherwise pass a checkpoint path")
+        pretrained = None
+    num_classes = 1000 if num_classes is None else num_classes
+    in_chans = 3 if in_chans is None else in_chans
+    name, spec, meta = resolve_model_name(name_or_yaml)
+    if spec is None:
+        model = _create_from_builder(name, num_classes, in_chans, drop_rate, drop_path_rate, features_only,
+                                     out_indices)
+        return _finish(model, name, meta, in_chans, pretrained)
+    dpr = 0.0 if drop_path_rate is None else float(drop_path_rate)
+    if features_only:
+        model: nn.Module = MixNetFeatures(spec, out_indices, in_chans=in_chans, drop_path_rate=dpr, meta=meta)
+    else:
+        if out_indices is not None:
+            raise ValueError("out_indices is only used with features_only=True")
+        model = MixNet(spec, num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=dpr, meta=meta)
+    return _finish(model, name, meta, in_chans, pretrained)
+
+
+def _hub_folder(name_or_yaml: str | Path | MixNetSpec) -> Path | None:
+    """The folder of ``local-dir:DIR`` or of a directory holding ``config.json``; else ``None``."""
+    if isinstance(name_or_yaml, MixNetSpec):
+        return None
+    text = str(name_or_yaml)
+    if text.startswith("local-dir:"):
+        return Path(text[len("local-dir:"):])
+    return Path(text) if Path(text).is_dir() and text not in list_models() else None
+
+
+def _finish(model: nn.Module, name: str, meta: ModelMeta, in_chans: int, pretrained: str | Path | None) -> nn.Module:
+    """Name the model, attach its ``pretrained_cfg`` and load ``pretrained`` (whose preprocessing then wins)."""
+    model.model_name = name
+    set_pretrained_cfg(model, **cfg_from_meta(meta, architecture=name, num_classes=getattr(model, "num_classes", 0),
+                                              in_chans=in_chans))
+    if pretrained is not None:
+        if str(pretrained).startswith("local-dir:"):  # timm's spelling of a local hub folder
+            pretrained = str(pretrained)[len("local-dir:"):]
+        load_pretrained(model, pretrained)
+        if is_hub_folder(pretrained):
+            set_pretrained_cfg(model, **read_hub_config(pretrained).preprocess_cfg(in_chans))
+    return model
+
+
+def _create_from_builder(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    drop_rate: float | None,
+    drop_path_rate: float | None,
+    features_only: bool,
+    out_indices: Sequence[int] | None,
+) -> nn.Module:
+    """A registered non-MixNet model (``ModelDef.builder``); MixNet-only options are refused clearly."""
+    for option, value in (("drop_path_rate", drop_path_rate), ("out_indices", out_indices)):
+        if value is not None:
+            raise ValueError(f"{option} is not supported by {name!r} (only by MixNet models)")
+    if features_only:
+        raise ValueError(f"features_only is not supported by {name!r} (only by MixNet models)")
+    return get_model_def(name).builder(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+
+
+def _load_strict(model: nn.Module, cfg: HubConfig) -> None:
+    """Load the folder's weights into ``model``, which must match them exactly."""
+    weights = hub_weights_file(cfg.folder)
+    sd, _ = read_checkpoint(weights)
+    where = (f"{weights} (config.json: architecture={cfg.architecture!r}, num_classes={cfg.num_classes}, "
+             f"in_chans={cfg.in_chans})")
+    if is_timm_state_dict(sd):
+        try:
+            sd = timm_to_mixconv(sd, model)
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: the tensors do not fit the architecture: {e}") from None
+        for k, v in model.state_dict().items():
+            if k.endswith("num_batches_tracked") and k not in sd:
+                sd[k] = torch.zeros_like(v, device="cpu")
+    check_state_dict(model, sd, where)
+    model.load_state_dict(sd, strict=True)
+
+
+def create_from_hub(path: str | Path, *, num_classes: Optional[int] = None, pretrained: Any = None,
+                    in_chans: Optional[int] = None, architecture: Optional[str] = None,
+                    drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None,
+                    features_only: bool = False, out_indices: Optional[Sequence[int]] = None) -> nn.Module:
+    """``create_model(DIR)``: the folder's architecture, classes and preprocessing.
+
+    ``pretrained=True`` (or the folder itself) loads its weights: exactly when the classes and channels are
+    the folder's, else through :func:`mixconv.load_pretrained` (a new classifier, an adapted stem).
+    ``architecture`` overrides ``config.json`` (e.g. ``tf_mixnet_s`` for a TF port saved under another name).
+    The other arguments are :func:`mixconv.create_model`'s.
+    """
+    cfg = read_hub_config(path)
+    n = cfg.num_classes if num_classes is None else num_classes
+    c = cfg.in_chans if in_chans is None else in_chans
+    model = create_model(architecture or cfg.architecture, num_classes=n, in_chans=c, drop_rate=drop_rate,
+                         drop_path_rate=drop_path_rate, features_only=features_only, out_indices=out_indices)
+    own = pretrained is True or (pretrained is not None and pretrained is not False
+                                 and _folder(pretrained).resolve() == cfg.folder.resolve())
+    if own and (n, c) == (cfg.num_classes, cfg.in_chans) and hasattr(model, "classifier"):
+        _load_strict(model, cfg)
+    elif own:
+        load_pretrained(model, cfg.folder)
+    elif pretrained not in (None, False):
+        load_pretrained(model, pretrained)
+    set_pretrained_cfg(model, **cfg.preprocess_cfg(c))
+    return model
+
+
+def load_hub_model(path: str | Path, architecture: Optional[str] = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a hub folder with its weights, and what a mixconv checkpoint's ``extra`` would say about it
+    (``classes``, ``preprocess``)."""
+    cfg = read_hub_config(path)
+    model = create_from_hub(cfg.folder, pretrained=True, architecture=architecture)
+    extra: dict[str, Any] = {"preprocess": cfg.preprocess(), "converted_from": str(cfg.folder)}
+    if cfg.label_names:
+        extra["classes"] = cfg.label_names
+    return model, extra

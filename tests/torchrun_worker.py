@@ -1,4 +1,4 @@
-"""``mixconv`` as a torchrun worker, with two hooks for tests/test_train_elastic.py (set in the environment).
+"""``mixconv`` as a torchrun worker, with two hooks for tests/test_training_elastic.py (set in the environment).
 
 - ``MIXCONV_TEST_PID_DIR=DIR``: every worker writes its pid to ``DIR/rank<RANK>.attempt<RESTART_COUNT>.pid``.
 - ``MIXCONV_TEST_PAUSE_EPOCH=E``: on the first attempt (``TORCHELASTIC_RESTART_COUNT`` 0), every rank stops

@@ -1,20 +1,20 @@
 """mixconv: MixConv (mixed depthwise convolution) and the MixNet family for PyTorch."""
 from mixconv.convert.checkpoint import convert_checkpoint
-from mixconv.convert.hub import save_pretrained  # noqa: E402
-from mixconv.deploy.export import (  # noqa: E402
+from mixconv.convert.hub import save_pretrained
+from mixconv.deploy.export import (
     ExportCheck,
     ExportError,
     export_onnx,
     export_program,
     export_torchscript,
 )
-from mixconv.factory.checkpoint import model_from_checkpoint  # noqa: E402
+from mixconv.factory.checkpoint import model_from_checkpoint
 from mixconv.factory.create import create_model
-from mixconv.factory.detection import detection_backbone  # noqa: E402
+from mixconv.factory.detection import detection_backbone
 from mixconv.files.config import ConfigError, load_config, save_config
 from mixconv.files.inputs import CheckpointError, MixconvInputError
 from mixconv.files.weights import load_pretrained, save_checkpoint
-from mixconv.kernels.capability import LowPrecisionWarning, cpu_info  # noqa: E402
+from mixconv.kernels.capability import LowPrecisionWarning, cpu_info
 from mixconv.layers import (
     ConvNormAct,
     DropPath,
@@ -34,7 +34,7 @@ from mixconv.models import (
     get_model_def,
     list_models,
 )
-from mixconv.surgery.mixify import mixify  # noqa: E402  (after the layers it uses)
+from mixconv.surgery.mixify import mixify
 from mixconv.surgery.optimize import optimize_for_inference
 
 __version__ = "0.1.0"
@@ -50,7 +50,7 @@ def train(recipe: str | None = "digits", **settings):
 
 
 def evaluate(checkpoint=None, **options):
-    """Evaluate a checkpoint (see :func:`mixconv.training.inference.evaluate`): top-1, top-5, loss, images/s."""
+    """Evaluate a checkpoint (see :func:`mixconv.inference.runner.evaluate`): top-1, top-5, loss, images/s."""
     from mixconv.inference.runner import evaluate as _evaluate
 
     return _evaluate(checkpoint, **options)
@@ -66,7 +66,7 @@ def quantize_onnx(model, output, **options):
 
 
 def predict(images, checkpoint=None, **options):
-    """Top-k classes of images (see :func:`mixconv.training.inference.predict`)."""
+    """Top-k classes of images (see :func:`mixconv.inference.runner.predict`)."""
     from mixconv.inference.runner import predict as _predict
 
     return _predict(images, checkpoint, **options)

@@ -1,6 +1,6 @@
 """Checks of the Triton MixConv kernels against the reference MixConv2d and autograd.
 
-Not collected by the plain test run (the name is not test_*.py): ``tests/test_triton_kernels.py`` runs this file
+Not collected by the plain test run (the name is not test_*.py): ``tests/test_kernels_triton.py`` runs this file
 in a subprocess with ``TRITON_INTERPRET=1`` set before triton is imported (the kernels then run on CPU tensors),
 and, on a machine with CUDA, once more on the GPU. By hand:
 ``TRITON_INTERPRET=1 python -m pytest -q tests/kernel_checks/kernel_cases.py``.
@@ -31,7 +31,7 @@ elif torch.cuda.is_available():
     DEVICE = "cuda"
 else:
     pytest.skip("needs TRITON_INTERPRET=1 set before triton's first import, or CUDA "
-                "(tests/test_triton_kernels.py runs this file so)", allow_module_level=True)
+                "(tests/test_kernels_triton.py runs this file so)", allow_module_level=True)
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 ERRORS: dict[str, float] = {}  # the largest error seen per dtype, printed at the end (-s)

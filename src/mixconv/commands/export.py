@@ -52,8 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import mixconv
     from mixconv.factory.checkpoint import model_from_checkpoint
+    from mixconv.factory.create import create_model
+    from mixconv.surgery.optimize import optimize_for_inference
 
     if args.ort_rewrites is not None and args.format != "onnx":
         print(f"mixconv export: error: --{'' if args.ort_rewrites else 'no-'}ort-rewrites applies to --format onnx "
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         model = model_from_checkpoint(args.checkpoint, args.model)
         source = args.checkpoint
     elif args.model:
-        model = mixconv.create_model(args.model, num_classes=args.num_classes)
+        model = create_model(args.model, num_classes=args.num_classes)
         source = "random weights"
         print("mixconv export: warning: no --checkpoint given; exporting random weights", file=sys.stderr)
     else:
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if img_size is None and metadata.preprocess is not None:  # a training checkpoint's size, else the model's
         img_size = (metadata.preprocess.img_size, metadata.preprocess.img_size)
     if args.optimize:
-        model = mixconv.optimize_for_inference(model.eval())
+        model = optimize_for_inference(model.eval())
     opts = dict(img_size=img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, tol=args.tol)
     if args.format == "onnx":
         from dataclasses import replace

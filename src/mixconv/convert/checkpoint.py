@@ -7,7 +7,7 @@
 * mixconv checkpoint -> timm state dict (``.pth`` or ``.safetensors``) that
   ``timm.create_model(name).load_state_dict(sd, strict=True)`` accepts.
 
-Nothing here executes code from a file (see :func:`mixconv.weights.read_checkpoint`).
+Nothing here executes code from a file (see :func:`mixconv.files.weights.read_checkpoint`).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, model: str | Path | Non
     The direction follows the input: a timm state dict becomes a mixconv ``.safetensors`` checkpoint; anything
     else is read as a mixconv checkpoint and written with timm's names (``.pth``/``.pt`` via ``torch.save``, or
     ``.safetensors``). A hub folder as input, or ``DIR/`` as output, reads or writes timm's hub layout (see
-    :func:`mixconv.hub.convert_hub`). ``model`` names the architecture when the file cannot (see :func:`model_from_checkpoint`).
+    :func:`mixconv.convert.hub.convert_hub`). ``model`` names the architecture when the file cannot (see :func:`model_from_checkpoint`).
     """
     if Path(src).is_dir() or is_folder_output(dst):
         return convert_hub(src, dst, model)

@@ -130,7 +130,7 @@ class SafeImageFolder(datasets.ImageFolder):
 
 def open_image_folder(root: Path, transform: Callable, encoded: bool = False) -> Dataset:
     """A :class:`SafeImageFolder`; with ``encoded``, the files' bytes for GPU decoding (``transform`` is then
-    applied after decoding, see :mod:`mixconv.cuda.jpeg`)."""
+    applied after decoding, see :mod:`mixconv.data.jpeg`)."""
     expected = "an ImageFolder (one sub-folder of images per class)"
     check_dir(root, expected, ConfigError)
     try:

@@ -8,5 +8,5 @@ from mixconv.factory.checkpoint import (
 )
 from mixconv.factory.create import create_model, load_hub_model, resolve_model_name
 
-__all__ = ["create_model", "load_hub_model", "model_from_checkpoint", "model_from_training_checkpoint",
+__all__ = ["create_model", "load_hub_model", "model_from_checkpoint", "model_from_training_checkpoint", "model_with_extra",
            "resolve_model_name"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
@@ -149,3 +149,30 @@ def model_from_training_checkpoint(path: str | Path, num_classes: int | None = N
     if "preprocess" in extra:  # timm's data tools then see the training preprocessing, not the variant's
         set_pretrained_cfg(model, **cfg_from_preprocess(extra["preprocess"], int(extra.get("in_chans", 3))))
     return model, extra
+
+
+def model_with_extra(source: str | Path, model: Optional[str | Path] = None) -> tuple[nn.Module, dict[str, Any]]:
+    """What validate, predict and export start from: the model of ``source`` with its weights, and what the source
+    says about it (``classes``, ``preprocess``, ``data``, ``train_config``; empty where it says nothing).
+
+    ``source`` is a folder in timm's hub layout, a self-describing mixconv checkpoint, or (with ``model``, a
+    registered name or YAML) any checkpoint of that architecture, whose classifier size it gives.
+    """
+    path = Path(source)
+    if path.is_dir():  # its config.json knows the model and preprocessing
+        return load_hub_model(path, None if model is None else str(model))
+    if model is None:
+        return model_from_training_checkpoint(path)
+    sd, header = read_checkpoint(path)
+    extra = read_training_checkpoint(path)[1] if header else {}
+    net = create_model(model, num_classes=_classifier_size(sd, path))
+    load_pretrained(net, path)
+    return net, extra
+
+
+def _classifier_size(sd: Mapping[str, torch.Tensor], path: Path) -> int:
+    if "classifier.weight" in sd:
+        return int(sd["classifier.weight"].shape[0])
+    if is_timm_state_dict(sd):
+        return 0
+    raise CheckpointError(f"{path}: no classifier.weight in the checkpoint; cannot tell its number of classes")

@@ -22,7 +22,7 @@ YAML_MAX_NODES = 100_000  # nodes after alias expansion; a MixNet config has a f
 class MixconvInputError(ValueError):
     """A file or setting given to mixconv that cannot be used; the message names it and says what was expected.
 
-    :class:`~mixconv.config.ConfigError` and :class:`~mixconv.weights.CheckpointError` are subclasses; images
+    :class:`~mixconv.files.config.ConfigError` and :class:`~mixconv.files.weights.CheckpointError` are subclasses; images
     and ONNX files raise this class itself. The CLI exits with status 2 on any of them, without a traceback.
     """
 

@@ -61,8 +61,8 @@ class VerifyReport:
 def verify_file(path: str | Path) -> VerifyReport:
     """Read a checkpoint, training state or ONNX file and compare its recorded hashes with computed ones.
 
-    A file that cannot be read raises :class:`~mixconv.inputs.MixconvInputError` (a
-    :class:`~mixconv.weights.CheckpointError` for weights); a hash mismatch is reported, not raised.
+    A file that cannot be read raises :class:`~mixconv.files.inputs.MixconvInputError` (a
+    :class:`~mixconv.files.weights.CheckpointError` for weights); a hash mismatch is reported, not raised.
     """
     path = Path(path)
     checks: list[HashCheck] = []

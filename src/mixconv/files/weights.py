@@ -44,8 +44,8 @@ def read_checkpoint(path: str | Path, use_ema: bool = False) -> tuple[dict[str, 
 
     Returns ``(state_dict, metadata)``; ``metadata`` is the safetensors header metadata (empty for ``.pth``).
     ``use_ema`` prefers ``state_dict_ema`` in a training checkpoint that has one. A folder in timm's hub layout
-    (``config.json`` + ``model.safetensors``/``pytorch_model.bin``) gives its weights (see :mod:`mixconv.hub`).
-    The file's hashes are checked (see :mod:`mixconv.integrity`): a torch.hub-style ``name-<sha256 prefix>.pth``
+    (``config.json`` + ``model.safetensors``/``pytorch_model.bin``) gives its weights (see :mod:`mixconv.files.hub`).
+    The file's hashes are checked (see :mod:`mixconv.files.integrity`): a torch.hub-style ``name-<sha256 prefix>.pth``
     and the ``tensors_sha256`` a mixconv checkpoint records; a mismatch raises :class:`CheckpointError` saying it
     is corrupted.
     """
@@ -329,7 +329,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any]
 def write_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path,
                       metadata: Mapping[str, str] | None = None) -> Path:
     """Write tensors (contiguous, on CPU) as ``.safetensors`` atomically, recording their
-    :func:`~mixconv.integrity.tensors_sha256` in the header (``tensors_sha256``)."""
+    :func:`~mixconv.files.integrity.tensors_sha256` in the header (``tensors_sha256``)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {**dict(metadata or {}), HASH_FIELD: tensors_sha256(tensors)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))

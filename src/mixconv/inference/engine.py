@@ -30,7 +30,7 @@ class EvalStats:
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast on any device (on a CPU without native support it runs emulated: see
-    :func:`mixconv.capability.emulated_precision`); a no-op for ``none``."""
+    :func:`mixconv.kernels.capability.emulated_precision`); a no-op for ``none``."""
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=amp_dtype(amp))
@@ -42,7 +42,7 @@ def amp_dtype(amp: str) -> torch.dtype:
 
 
 def warn_amp(device: torch.device, amp: str, stacklevel: int = 2) -> Optional[str]:
-    """A :class:`~mixconv.capability.LowPrecisionWarning` where ``--amp`` would run emulated on ``device`` (a
+    """A :class:`~mixconv.kernels.capability.LowPrecisionWarning` where ``--amp`` would run emulated on ``device`` (a
     capability check, not a timing): train and validate both call it. Returns the message, or ``None``."""
     if amp == "none":
         return None

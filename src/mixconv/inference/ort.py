@@ -2,7 +2,7 @@
 
 :class:`OrtClassifier` is an ``nn.Module`` whose forward runs an onnxruntime session, so the evaluation loop,
 ``predict`` and the benchmark use one code path for PyTorch and ONNX models. :func:`load_onnx` wraps one with
-the preprocessing and classes stored in the file's metadata (see :mod:`mixconv.deploy.metadata`).
+the preprocessing and classes stored in the file's metadata (see :mod:`mixconv.files.onnx_metadata`).
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def onnx_input_hw(model: OrtClassifier) -> tuple[int, int]:
 
 def load_onnx(path: str | Path, *, threads: Optional[int] = None, img_size: Optional[int] = None,
               crop_pct: Optional[float] = None, interpolation: Optional[str] = None):
-    """A :class:`mixconv.training.inference.Loaded` around an ONNX file: its model, classes, preprocessing and data
+    """A :class:`mixconv.inference.loaded.Loaded` around an ONNX file: its model, classes, preprocessing and data
     from the metadata (without metadata: ImageNet defaults at the input's size, with a warning)."""
     import sys
 

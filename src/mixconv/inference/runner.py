@@ -17,16 +17,10 @@ from mixconv.data.datasets import (
     dataset_classes,
     eval_transform,
 )
-from mixconv.factory.checkpoint import model_from_training_checkpoint
-from mixconv.factory.create import create_model, load_hub_model, resolve_model_name
+from mixconv.factory.checkpoint import model_with_extra
+from mixconv.factory.create import resolve_model_name
 from mixconv.files.config import ConfigError
-from mixconv.files.inputs import CheckpointError, MixconvInputError, open_image
-from mixconv.files.weights import (
-    is_timm_state_dict,
-    load_pretrained,
-    read_checkpoint,
-    read_training_checkpoint,
-)
+from mixconv.files.inputs import MixconvInputError, open_image
 from mixconv.inference.distributed import DistInfo
 from mixconv.inference.engine import evaluate as evaluate_loader
 from mixconv.inference.engine import warn_amp
@@ -37,34 +31,14 @@ from mixconv.models.pretrained_cfg import Preprocess
 
 def load_model(checkpoint: str | Path, model: Optional[str] = None, *, img_size: Optional[int] = None,
                crop_pct: Optional[float] = None, interpolation: Optional[str] = None) -> Loaded:
-    """``checkpoint`` alone (a mixconv training checkpoint knows its model), or ``model`` + any checkpoint."""
-    path = Path(checkpoint)
-    if path.is_dir():  # a folder in timm's hub layout: its config.json knows the model and preprocessing
-        net, extra = load_hub_model(path, model)
-        pre = Preprocess.from_dict(extra["preprocess"])
-    elif model is None:
-        net, extra = model_from_training_checkpoint(path)
-        pre = Preprocess.from_dict(extra["preprocess"]) if "preprocess" in extra else _meta_preprocess(None)
-    else:
-        sd, header = read_checkpoint(path)
-        extra = read_training_checkpoint(path)[1] if header else {}
-        n = _classifier_size(sd, path)
-        net = create_model(model, num_classes=n)
-        load_pretrained(net, path)
-        pre = Preprocess.from_dict(extra["preprocess"]) if "preprocess" in extra else _meta_preprocess(model)
+    """``checkpoint`` alone (a mixconv training checkpoint knows its model), or ``model`` + any checkpoint, or a
+    folder in timm's hub layout; the preprocessing is the source's, else the model's defaults."""
+    net, extra = model_with_extra(checkpoint, model)
+    pre = Preprocess.from_dict(extra["preprocess"]) if "preprocess" in extra else _meta_preprocess(model)
     pre = replace(pre, img_size=img_size or pre.img_size, crop_pct=crop_pct or pre.crop_pct,
                   interpolation=interpolation or pre.interpolation)
     cfg = extra.get("train_config", {})
     return Loaded(net.eval(), extra.get("classes"), pre, extra.get("data"), float(cfg.get("val_fraction", 0.2)))
-
-
-def _classifier_size(sd: dict[str, torch.Tensor], path: Path) -> int:
-    for key in ("classifier.weight",):
-        if key in sd:
-            return int(sd[key].shape[0])
-    if is_timm_state_dict(sd):
-        return 0
-    raise CheckpointError(f"{path}: no classifier.weight in the checkpoint; cannot tell its number of classes")
 
 
 def _meta_preprocess(model: Optional[str]) -> Preprocess:

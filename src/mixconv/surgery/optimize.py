@@ -258,8 +258,8 @@ def optimize_for_inference(
     - activations run in NHWC (channels_last); squeeze-excite works on the pooled vector;
     - ``dtype`` (e.g. ``torch.bfloat16``) computes in that dtype; the model still takes the caller's float32
       input and a classifier still returns float32 logits (feature maps come out in ``dtype``). On a CPU
-      without native support for a bfloat16/float16 ``dtype`` (see :mod:`mixconv.capability`) this warns with
-      :class:`~mixconv.capability.LowPrecisionWarning`: it runs emulated, slower than float32.
+      without native support for a bfloat16/float16 ``dtype`` (see :mod:`mixconv.kernels.capability`) this warns with
+      :class:`~mixconv.kernels.capability.LowPrecisionWarning`: it runs emulated, slower than float32.
 
     The state dict (keys, shapes, values) and the parameter count stay those of ``model``; the folded weights
     are non-persistent buffers. Calling ``.train()`` on the result raises. ``example_input``, when given, is run

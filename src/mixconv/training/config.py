@@ -1,7 +1,7 @@
 """Training settings: one frozen dataclass, filled from a recipe YAML and then from the command line.
 
 A recipe is a flat YAML mapping whose keys are :class:`TrainConfig` field names (``recipes/*.yaml`` in the
-package, or any file). Unknown keys and wrongly typed values raise :class:`~mixconv.config.ConfigError`
+package, or any file). Unknown keys and wrongly typed values raise :class:`~mixconv.files.config.ConfigError`
 naming the file and the key.
 """
 from __future__ import annotations

@@ -140,7 +140,7 @@ def build_model(cfg: TrainConfig, num_classes: int, info: DistInfo) -> nn.Module
         nn.init.zeros_(model.classifier.weight)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)  # a classifier of another size stays as initialised above
-    if cfg.qat:  # quantization-aware fine-tuning: fake quantization as onnxruntime's int8 (mixconv.deploy.qat)
+    if cfg.qat:  # quantization-aware fine-tuning: fake quantization as onnxruntime's int8 (mixconv.training.qat)
         from mixconv.training.qat import setup_qat
 
         setup_qat(model, cfg)

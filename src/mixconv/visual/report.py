@@ -270,7 +270,7 @@ def report_from_checkpoint(out_dir: str | Path, checkpoint: Optional[str | Path]
                            device: Optional[str] = None, onnx: Optional[str | Path] = None) -> dict[str, Any]:
     """``mixconv validate --report DIR``: one pass over the val data with a PyTorch checkpoint (or ``onnx``, an
     ONNX file run by onnxruntime), the report written to ``out_dir``, and the same results dict as
-    :func:`mixconv.training.inference.evaluate`."""
+    :func:`mixconv.inference.runner.evaluate`."""
     from mixconv.inference.engine import autocast
     from mixconv.inference.runner import load_source, val_dataset
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from test_train_fixtures import REPO, cli_args, image_folder, tiny_model, tiny_settings  # noqa: F401
+from training_fixtures import REPO, cli_args, image_folder, tiny_model, tiny_settings  # noqa: F401
 
 import mixconv
 

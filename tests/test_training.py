@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_fixtures import image_folder, run_cli, tiny_model, tiny_settings  # noqa: F401
+from training_fixtures import image_folder, run_cli, tiny_model, tiny_settings  # noqa: F401
 
 import mixconv
 from mixconv.factory.checkpoint import (
@@ -101,7 +101,7 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(tiny_model, image_fol
 
 def test_cli_resume_messages_and_finished_run(tiny_model, image_folder, tmp_path):
     out = tmp_path / "run"
-    from test_train_fixtures import cli_args
+    from training_fixtures import cli_args
 
     r = run_cli("train", *cli_args(tiny_settings(tiny_model, str(image_folder), out, epochs=1)), subprocess_=True)
     assert r.returncode == 0, r.stderr
@@ -206,7 +206,7 @@ def test_sigkill_then_resume_ends_like_the_uninterrupted_run(tiny_model, image_f
     import sys
     import time
 
-    from test_train_fixtures import REPO, cli_args
+    from training_fixtures import REPO, cli_args
 
     settings = tiny_settings(tiny_model, str(image_folder), tmp_path / "killed", epochs=6)
     env = dict(os.environ, OMP_NUM_THREADS="1")

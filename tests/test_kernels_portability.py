@@ -13,8 +13,8 @@ import warnings
 import pytest
 import torch
 from helpers import rel_err
-from test_speed_equivalence import _global_err, _loss_grads, _plain
-from test_train_fixtures import REPO, image_folder, run_cli, tiny_model, tiny_settings  # noqa: F401
+from test_models_speed_equivalence import _global_err, _loss_grads, _plain
+from training_fixtures import REPO, image_folder, run_cli, tiny_model, tiny_settings  # noqa: F401
 
 import mixconv
 from mixconv.kernels import capability

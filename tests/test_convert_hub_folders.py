@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from test_train_fixtures import make_image_folder, run_cli
+from training_fixtures import make_image_folder, run_cli
 
 import mixconv
 from mixconv.convert.hub import save_pretrained

@@ -109,7 +109,7 @@ def test_rewritten_graph_keeps_module_paths_and_changes_layout_less(exports, tmp
 
 
 def test_export_cli_rewrites_with_optimize_only(tmp_path):
-    from test_train_fixtures import run_cli
+    from training_fixtures import run_cli
 
     (tmp_path / "m.yaml").write_text(YAML)
     for flags, grouped in (([], 4), (["--optimize"], 0), (["--optimize", "--no-ort-rewrites"], 4)):

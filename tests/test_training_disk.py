@@ -12,7 +12,7 @@ from pathlib import Path
 import mixconv.files.atomic
 import mixconv.files.weights
 import pytest
-from test_train_fixtures import (  # noqa: F401
+from training_fixtures import (  # noqa: F401
     REPO,
     cli_args,
     image_folder,

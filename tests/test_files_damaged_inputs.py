@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
-from test_train_fixtures import TINY_YAML, run_cli
+from training_fixtures import TINY_YAML, run_cli
 
 import mixconv
 from mixconv.data.datasets import build_dataset, eval_transform

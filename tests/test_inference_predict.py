@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from PIL import Image
-from test_train_fixtures import TINY_YAML, run_cli, tiny_settings
+from training_fixtures import TINY_YAML, run_cli, tiny_settings
 
 import mixconv
 from mixconv.data.datasets import DigitsDataset, eval_transform

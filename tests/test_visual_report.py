@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_train_fixtures import TINY_YAML, make_image_folder, run_cli, tiny_settings
+from training_fixtures import TINY_YAML, make_image_folder, run_cli, tiny_settings
 
 import mixconv
 from mixconv.visual.report import Predictions, confident_mistakes, write_report

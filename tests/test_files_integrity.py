@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_damaged_inputs import _tiny_model, _tiny_onnx
-from test_train_fixtures import run_cli
+from test_files_damaged_inputs import _tiny_model, _tiny_onnx
+from training_fixtures import run_cli
 
 import mixconv
 from mixconv.files.inputs import CheckpointError

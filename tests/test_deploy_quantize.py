@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_train_fixtures import TINY_YAML, run_cli, tiny_settings
+from training_fixtures import TINY_YAML, run_cli, tiny_settings
 
 import mixconv
 

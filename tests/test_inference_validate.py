@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_train_fixtures import TINY_YAML, make_image_folder, run_cli, tiny_settings
+from training_fixtures import TINY_YAML, make_image_folder, run_cli, tiny_settings
 
 import mixconv
 from mixconv.factory.checkpoint import (

@@ -55,3 +55,14 @@ def test_readme_is_a_front_door():
     assert not re.search(r"\bissue\s+#?\d+", text, flags=re.I), "users never see issue numbers"
     for link in re.findall(r"\]\((docs/[^)#]+)", text):
         assert (REPO / link).exists(), f"README links to a missing page: {link}"
+
+
+def test_every_package_all_resolves():
+    """Each room's ``__all__`` names only what the package really provides."""
+    import importlib
+
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        name = ".".join(init.relative_to(PACKAGE.parent).parent.parts)
+        module = importlib.import_module(name)
+        missing = [n for n in getattr(module, "__all__", []) if not hasattr(module, n)]
+        assert not missing, f"{name}.__all__ lists names it does not define: {missing}"

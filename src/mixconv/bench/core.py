@@ -1,4 +1,5 @@
-"""The timing core of ``mixconv benchmark``: images/s of training steps and inference, optionally interleaved with timm's same model.
+"""The timing core of ``mixconv benchmark``: images/s of training steps and inference, optionally interleaved
+with timm's same model.
 
 Every configuration ("case") is built once, warmed up, then timed round-robin: round ``r`` times each case once,
 so that a slower or busier moment of the machine hits every case alike; the median over the rounds is reported.

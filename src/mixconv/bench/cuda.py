@@ -2,7 +2,8 @@
 eager and compiled, mixconv (with and without its Triton kernels) against timm, timed interleaved.
 
 The memory roofline of a model is the images/s a device would reach if the model only had to move its
-activation bytes once (``--bytes-per-image``; 28.7 MB per image for MixNet-S at 224 in bf16) at the device's copy bandwidth, measured here with a device-to-device copy (read + write bytes).
+activation bytes once (``--bytes-per-image``; 28.7 MB per image for MixNet-S at 224 in bf16) at the device's copy
+bandwidth, measured here with a device-to-device copy (read + write bytes).
 
 Everything but the CUDA events also runs on CPU (``run_gpu_cases(..., device="cpu")``), which is how the tests
 exercise it without a GPU.

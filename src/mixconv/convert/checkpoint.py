@@ -1,4 +1,4 @@
-"""Checkpoint conversion between timm and mixconv, and models rebuilt from checkpoint files.
+"""Checkpoint conversion between timm and mixconv (the models come from :mod:`mixconv.factory.checkpoint`).
 
 * timm MixNet state dict (``.pth``/``.safetensors``) -> self-describing mixconv checkpoint (``.safetensors``
   with the architecture YAML, model name, classes and input channels in its header). The variant is inferred

@@ -3,16 +3,16 @@
 Running an exported file is :mod:`mixconv.inference.ort`; quantization-aware training is
 :mod:`mixconv.training.qat`."""
 from mixconv.deploy.quantize import (
-           QuantizeReport,
-           QuantizeSettings,
-           quantize_onnx,
+    QuantizeReport,
+    QuantizeSettings,
+    quantize_onnx,
            verify_int8,
 )
 from mixconv.files.onnx_metadata import (
-           MetadataError,
-           OnnxMetadata,
-           read_metadata,
-           write_metadata,
+    MetadataError,
+    OnnxMetadata,
+    read_metadata,
+    write_metadata,
 )
 
 __all__ = ["MetadataError", "OnnxMetadata", "QuantizeReport", "QuantizeSettings", "quantize_onnx", "read_metadata",

@@ -17,6 +17,7 @@ from mixconv.files.config import spec_from_dict
 from mixconv.files.inputs import CheckpointError, load_yaml
 from mixconv.files.weights import (
     check_state_dict,
+    fill_batches_tracked,
     is_timm_state_dict,
     load_pretrained,
     mixconv_to_timm,
@@ -75,13 +76,6 @@ def infer_timm_variant(sd: Mapping[str, torch.Tensor], filename: str | Path = ""
     )
 
 
-def _fill_batches_tracked(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    for k, v in model.state_dict().items():
-        if k.endswith("num_batches_tracked") and k not in sd:
-            sd[k] = torch.zeros_like(v, device="cpu")
-    return sd
-
-
 def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, use_ema: bool = False) -> nn.Module:
     """Build the model a checkpoint describes and load its weights.
 
@@ -97,7 +91,7 @@ def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, 
         num_classes, in_chans = _head_shape(sd)
         name = model if model is not None else infer_timm_variant(sd, path)
         net = create_model(name, num_classes=num_classes, in_chans=in_chans)
-        sd = _fill_batches_tracked(timm_to_mixconv(sd, net), net)
+        sd = fill_batches_tracked(timm_to_mixconv(sd, net), net)
     else:
         num_classes = int(sd["classifier.weight"].shape[0]) if "classifier.weight" in sd else 0
         in_chans = int(sd["stem.conv.weight"].shape[1]) if "stem.conv.weight" in sd else 3
@@ -163,8 +157,7 @@ def model_with_extra(source: str | Path, model: Optional[str | Path] = None) -> 
         return load_hub_model(path, None if model is None else str(model))
     if model is None:
         return model_from_training_checkpoint(path)
-    sd, header = read_checkpoint(path)
-    extra = read_training_checkpoint(path)[1] if header else {}
+    sd, extra = read_training_checkpoint(path)  # extra is {} for a file without a mixconv header
     net = create_model(model, num_classes=_classifier_size(sd, path))
     load_pretrained(net, path)
     return net, extra

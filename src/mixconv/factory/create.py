@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
 from torch import nn
 
 from mixconv.files.config import is_config_path, load_config
@@ -19,6 +18,7 @@ from mixconv.files.hub import (
 from mixconv.files.inputs import CheckpointError
 from mixconv.files.weights import (
     check_state_dict,
+    fill_batches_tracked,
     is_timm_state_dict,
     load_pretrained,
     read_checkpoint,
@@ -150,9 +150,7 @@ def _load_strict(model: nn.Module, cfg: HubConfig) -> None:
             sd = timm_to_mixconv(sd, model)
         except CheckpointError as e:
             raise CheckpointError(f"{where}: the tensors do not fit the architecture: {e}") from None
-        for k, v in model.state_dict().items():
-            if k.endswith("num_batches_tracked") and k not in sd:
-                sd[k] = torch.zeros_like(v, device="cpu")
+        fill_batches_tracked(sd, model)
     check_state_dict(model, sd, where)
     model.load_state_dict(sd, strict=True)
 

@@ -252,6 +252,15 @@ def mixconv_to_timm(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[st
     return out
 
 
+def fill_batches_tracked(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Add ``model``'s BatchNorm ``num_batches_tracked`` counters (zeros) missing from ``sd`` (timm state dicts may
+    omit them); returns ``sd``, filled in place."""
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = torch.zeros_like(v, device="cpu")
+    return sd
+
+
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """Adapt a stem kernel trained on 3 channels to ``in_chans``: summed for 1, tiled and rescaled for more."""
     c = weight.shape[1]

@@ -16,8 +16,11 @@ _MODEL = (
                               "--activation-type` will quantize them"),
 )
 _DATA = (
-    ("--data", str, "'digits' (scikit-learn, built in) or an ImageFolder root with train/ and val/"),
-    ("--img-size", int, "input size (digits recipe: 64)"),
+    ("--data", str, "built in: 'digits' (10 classes) or 'digit-pairs' (100 classes, harder; its own recipe "
+                    "unless --config is given); or an ImageFolder root with train/ and val/"),
+    ("--holdout-fraction", float, "hold out this share of the training images and evaluate on it each epoch "
+                                  "(the validation set stays untouched)"),
+    ("--img-size", int, "input size (digits recipe: 64, digit-pairs: 32)"),
     ("--crop-pct", float, "eval resize is img_size / crop_pct, then a center crop"),
     ("--interpolation", str, "nearest, bilinear or bicubic"),
     ("--workers", int, "data loader worker processes per rank"),
@@ -94,7 +97,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from mixconv.training import TrainingError
-    from mixconv.training.config import make_config
+    from mixconv.training.config import default_recipe, make_config
     from mixconv.training.main import run as run_training
 
     overrides = overrides_from_args(args)
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             run_training(make_config(None), resume=args.resume, resume_overrides=overrides)
         else:
-            run_training(make_config(args.config or "digits", overrides))
+            run_training(make_config(args.config or default_recipe(args.data), overrides))
     except TrainingError as e:
         print(f"mixconv train: error: {e}", file=sys.stderr)
         return 1

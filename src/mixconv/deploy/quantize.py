@@ -125,13 +125,13 @@ def data_splits(data: str, meta: OnnxMetadata, source: str) -> tuple[Dataset, Da
     """(calibration, validation) datasets of ``data`` (``digits`` or an ImageFolder root) with the file's eval
     preprocessing: calibration from the training split, validation from the val split. A folder without
     ``train/`` serves both (the calibration images are then a sample of the validation images)."""
-    from mixconv.data.datasets import build_dataset, eval_transform
+    from mixconv.data.datasets import BUILTIN_DATASETS, build_dataset, eval_transform
 
     if meta.preprocess is None:
         raise ConfigError(f"{source}: no mixconv preprocessing in its metadata; export it with `mixconv export`")
     transform = eval_transform(meta.preprocess)
     val = build_dataset(data, "val", transform, meta.val_fraction)
-    if data != "digits" and not (Path(data) / "train").is_dir():
+    if data not in BUILTIN_DATASETS and not (Path(data) / "train").is_dir():
         print(f"warning: --data {data} has no train/ folder; calibrating on a sample of its validation images",
               file=sys.stderr)
         return val, val

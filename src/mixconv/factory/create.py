@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 
 from torch import nn
 
-from mixconv.files.config import is_config_path, load_config
+from mixconv.files.config import ConfigError, is_config_path, load_config
 from mixconv.files.hub import (
     HubConfig,
     _folder,
@@ -15,7 +15,8 @@ from mixconv.files.hub import (
     is_hub_folder,
     read_hub_config,
 )
-from mixconv.files.inputs import CheckpointError
+from mixconv.files.inputs import CheckpointError, read_yaml
+from mixconv.files.space import is_space_document, space_from_dict
 from mixconv.files.weights import (
     check_state_dict,
     fill_batches_tracked,
@@ -27,7 +28,9 @@ from mixconv.files.weights import (
 from mixconv.models.mixnet import MixNet, MixNetFeatures
 from mixconv.models.pretrained_cfg import cfg_from_meta, set_pretrained_cfg
 from mixconv.models.registry import get_model_def, list_models
+from mixconv.models.space import SearchSpace
 from mixconv.models.specs import MixNetSpec, ModelMeta
+from mixconv.models.supernet import Supernet
 
 
 def resolve_model_name(name_or_yaml: str | Path | MixNetSpec) -> tuple[str, MixNetSpec | None, ModelMeta]:
@@ -37,14 +40,26 @@ def resolve_model_name(name_or_yaml: str | Path | MixNetSpec) -> tuple[str, MixN
     """
     if isinstance(name_or_yaml, MixNetSpec):
         return "custom", name_or_yaml, ModelMeta()
+    if isinstance(name_or_yaml, SearchSpace) or search_space_of(name_or_yaml) is not None:
+        return "supernet", None, ModelMeta()
     if is_config_path(name_or_yaml):
         return Path(name_or_yaml).stem, load_config(name_or_yaml), ModelMeta()
     model_def = get_model_def(str(name_or_yaml))
     return model_def.name, model_def.spec, model_def.meta
 
 
+def search_space_of(name_or_yaml: object) -> SearchSpace | None:
+    """The search space a YAML path holds (a document with ``search_space``), else ``None``."""
+    if isinstance(name_or_yaml, SearchSpace):
+        return name_or_yaml
+    if not isinstance(name_or_yaml, (str, Path)) or not is_config_path(name_or_yaml):
+        return None
+    doc = read_yaml(name_or_yaml, "a MixNet model config or search space (YAML)", ConfigError)
+    return space_from_dict(doc, str(name_or_yaml)) if is_space_document(doc) else None
+
+
 def create_model(
-    name_or_yaml: str | Path | MixNetSpec,
+    name_or_yaml: str | Path | MixNetSpec | SearchSpace,
     *,
     num_classes: int | None = None,
     pretrained: str | Path | bool | None = None,
@@ -59,7 +74,10 @@ def create_model(
     Args:
         name_or_yaml: a registered name (see :func:`list_models`), a path to a ``.yaml``/``.yml`` config, a
             :class:`MixNetSpec`, or a local folder in timm's Hugging Face hub layout (also ``local-dir:DIR``):
-            its ``config.json`` gives the architecture, classes and preprocessing.
+            its ``config.json`` gives the architecture, classes and preprocessing. A search space (a
+            :class:`~mixconv.models.space.SearchSpace` or a YAML file holding ``search_space``) gives its
+            weight-sharing :class:`~mixconv.models.supernet.Supernet`, which ``mixconv train`` trains like
+            any model (one sampled path a step).
         num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features); default
             1000, or the hub folder's.
         pretrained: path to a local timm or mixconv checkpoint, or hub folder, of the same architecture;
@@ -82,6 +100,12 @@ def create_model(
         pretrained = None
     num_classes = 1000 if num_classes is None else num_classes
     in_chans = 3 if in_chans is None else in_chans
+    space = search_space_of(name_or_yaml)
+    if space is not None:
+        if features_only or out_indices is not None or drop_path_rate:
+            raise ValueError("a supernet (search space) supports no features_only, out_indices or drop_path_rate")
+        supernet = Supernet(space, num_classes, in_chans, drop_rate)
+        return _finish(supernet, "supernet", ModelMeta(), in_chans, pretrained)
     name, spec, meta = resolve_model_name(name_or_yaml)
     if spec is None:
         model = _create_from_builder(name, num_classes, in_chans, drop_rate, drop_path_rate, features_only,
@@ -97,9 +121,9 @@ def create_model(
     return _finish(model, name, meta, in_chans, pretrained)
 
 
-def _hub_folder(name_or_yaml: str | Path | MixNetSpec) -> Path | None:
+def _hub_folder(name_or_yaml: str | Path | MixNetSpec | SearchSpace) -> Path | None:
     """The folder of ``local-dir:DIR`` or of a directory holding ``config.json``; else ``None``."""
-    if isinstance(name_or_yaml, MixNetSpec):
+    if isinstance(name_or_yaml, (MixNetSpec, SearchSpace)):
         return None
     text = str(name_or_yaml)
     if text.startswith("local-dir:"):

@@ -324,9 +324,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any]
     ``extra`` (JSON-encoded), so the file alone rebuilds the model, and the sha256 of the tensors, checked
     whenever the file is read.
     """
+    from mixconv.files.space import space_to_yaml
+
+    spec = getattr(model, "spec", None)
     meta = {
         "format": MIXCONV_FORMAT,
-        "config": config_to_yaml(model.spec),
+        # a supernet (no spec) records its search space, in the YAML mixconv search reads
+        "config": config_to_yaml(spec) if spec is not None else space_to_yaml(model.space),
         "model_name": str(getattr(model, "model_name", "")),
         "num_classes": str(getattr(model, "num_classes", 0)),
         "in_chans": str(getattr(model, "in_chans", 3)),

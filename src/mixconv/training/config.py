@@ -43,7 +43,10 @@ class TrainConfig:
     bn_momentum: Optional[float] = None  # PyTorch convention (TF 0.99 == 0.01 here); None: keep 0.1
     # data
     data: str = "digits"
-    val_fraction: float = 0.2  # digits only: the stratified validation share
+    val_fraction: float = 0.2  # digits and digit-pairs only: the stratified validation share of the digits
+    # > 0: this share of the training images is held out (fixed choice, not the seed) and the per-epoch
+    # evaluation runs on it instead of the validation set, which then stays untouched (a search's supernet)
+    holdout_fraction: float = 0.0
     img_size: Optional[int] = None  # None: the model's (224)
     crop_pct: Optional[float] = None
     interpolation: Optional[str] = None
@@ -106,6 +109,7 @@ class TrainConfig:
             ("lr", self.lr > 0, "a positive number"),
             ("lr_base_size", self.lr_base_size >= 1, "an int >= 1"),
             ("val_fraction", 0 < self.val_fraction < 1, "a number in (0, 1)"),
+            ("holdout_fraction", 0 <= self.holdout_fraction < 1, "a number in [0, 1) (0: no held-out part)"),
             ("ema_decay", 0 <= self.ema_decay < 1, "a number in [0, 1)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
             ("re_prob", 0 <= self.re_prob <= 1, "a probability in [0, 1]"),
@@ -190,6 +194,12 @@ def find_recipe(name_or_path: str) -> Path:
         f"{name_or_path}: no such recipe file; expected a YAML path or one of the shipped recipes: "
         f"{', '.join(recipe_names())}"
     )
+
+
+def default_recipe(data: Optional[str]) -> str:
+    """The recipe a run without ``--config`` starts from: a built-in data set's own recipe where one ships
+    (``digit-pairs``), else ``digits``."""
+    return data if data in ("digits", "digit-pairs") else "digits"
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from mixconv.data.datasets import (
     collate_skip,
     dataset_classes,
     eval_transform,
+    holdout_split,
     train_transform,
 )
 from mixconv.data.jpeg import DeviceDecodeLoader, collate_encoded
@@ -103,7 +104,12 @@ def build_loaders(cfg: TrainConfig, pre: Preprocess, info: DistInfo) -> tuple[Da
         raise ConfigError("--gpu-decode needs CUDA (nvJPEG); on CPU leave it off")
     train_tf, val_tf = train_transform(pre, aug), eval_transform(pre)
     train_ds = build_dataset(cfg.data, "train", train_tf, cfg.val_fraction, encoded=encoded)
-    val_ds = build_dataset(cfg.data, "val", val_tf, cfg.val_fraction, encoded=encoded)
+    if cfg.holdout_fraction > 0:  # evaluate on held-out training images; the validation set stays untouched
+        train_ds, _ = holdout_split(train_ds, cfg.holdout_fraction)
+        _, val_ds = holdout_split(build_dataset(cfg.data, "train", val_tf, cfg.val_fraction, encoded=encoded),
+                                  cfg.holdout_fraction)
+    else:
+        val_ds = build_dataset(cfg.data, "val", val_tf, cfg.val_fraction, encoded=encoded)
     classes = dataset_classes(train_ds)
     if dataset_classes(val_ds) != classes:
         raise TrainingError(f"--data {cfg.data}: train/ and val/ have different class folders "
@@ -411,7 +417,10 @@ def _start(t: Trainer) -> None:
         t.train_model = torch.compile(t.train_model)
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
-        t.train_model = nn.parallel.DistributedDataParallel(t.train_model, device_ids=device_ids)
+        # A supernet's step uses one sampled path: the other choices' parameters get no gradient that step.
+        unused = bool(getattr(t.model, "samples_paths", False))
+        t.train_model = nn.parallel.DistributedDataParallel(t.train_model, device_ids=device_ids,
+                                                            find_unused_parameters=unused)
 
     def write() -> None:
         with writing(t.out_dir):

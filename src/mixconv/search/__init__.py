@@ -1,0 +1,1 @@
+"""The architecture search: latency model, candidate scoring, the outer loop and the pipeline."""

@@ -22,6 +22,7 @@ from mixconv.models.space import Arch, LayerChoice, SearchSpace
 
 STRATEGIES = ("evolution", "random")
 MAX_TRIES = 20000
+MAX_NEW_TRIES = 200  # mutations tried for a child not evaluated before
 
 
 class SearchError(ConfigError):
@@ -89,11 +90,19 @@ def _sampler_class():
                 return arch_params(self._random(rng), self.space)
             pop = done[-self.population:]
             contenders = rng.sample(pop, min(self.sample_size, len(pop)))
-            parent = params_arch(max(contenders, key=lambda t: (t.value, -t.number)).params, self.space)
+            # ties go to the youngest: neutral drift across plateaus
+            parent = params_arch(max(contenders, key=lambda t: (t.value, t.number)).params, self.space)
+            seen = {tuple(sorted(t.params.items())) for t in done}
+            fallback = None
             for _ in range(MAX_TRIES):
                 child = _mutate(parent, self.space, rng)
                 if self.feasible(child):
-                    return arch_params(child, self.space)
+                    params = arch_params(child, self.space)
+                    if tuple(sorted(params.items())) not in seen:  # spend the evaluation on something new
+                        return params
+                    fallback = fallback or params
+                    if _ >= MAX_NEW_TRIES:
+                        return fallback
             return arch_params(self._random(rng), self.space)
 
         def sample_independent(self, study, trial, param_name, param_distribution):

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             run_training(make_config(None), resume=args.resume, resume_overrides=overrides)
         else:
-            run_training(make_config(args.config or default_recipe(args.data), overrides))
+            run_training(make_config(args.config or default_recipe(getattr(args, "data", None)), overrides))
     except TrainingError as e:
         print(f"mixconv train: error: {e}", file=sys.stderr)
         return 1

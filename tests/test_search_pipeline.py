@@ -3,7 +3,6 @@ reproducible, a killed study resumes identically), bad input, and the CLI end to
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

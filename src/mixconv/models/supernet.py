@@ -182,6 +182,12 @@ class Supernet(nn.Module):
         self.classifier: nn.Module = nn.Linear(space.num_features, num_classes) if num_classes else nn.Identity()
         self.register_buffer("path_step", torch.zeros((), dtype=torch.long))
         init_weights(self)
+        # Every residual block starts as the identity (its last BatchNorm's scale zero), as BigNAS does: without
+        # it, paths sampled at random pull the shared weights apart and the supernet barely learns (measured on
+        # digit-pairs, the small space: mean loss 4.6 -> 4.4 in 300 steps; with it 4.9 -> 1.5 in 160).
+        for block in self.blocks:
+            if block.stride == 1 and block.in_ch == block.out_ch:
+                nn.init.zeros_(block.project_bn.weight)
 
     def sample_path(self) -> Arch:
         """The path of the next training step (the same on every rank and after a resume)."""

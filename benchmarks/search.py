@@ -74,6 +74,7 @@ def width_matched(model: LatencyModel, spec: MixNetSpec, target_ms: float, tol: 
 
 
 def retrain(spec: MixNetSpec, name: str, out: Path, seed: int, epochs: int) -> float:
+    (out / "configs").mkdir(parents=True, exist_ok=True)
     path = save_config(spec, out / "configs" / f"{name}.yaml")
     run_dir = out / "retrain" / f"{name}-seed{seed}"
     if (run_dir / "summary.json").is_file() and json.loads((run_dir / "summary.json").read_text()).get("finished"):

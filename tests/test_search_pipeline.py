@@ -175,3 +175,35 @@ def test_train_on_digit_pairs_uses_its_recipe():
     va, _ = _digit_split("val", 0.2)
     assert not any((v == t).all() for v in va[:40] for t in tr)
     assert PAIRS_TRAIN_DIGITS < 144
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="this torch build has no gloo backend")
+def test_supernet_trains_under_torchrun_and_search_reuses_it(tmp_path):
+    """The supernet is an ordinary model to `mixconv train`: 2 processes (gloo), the same path on every rank,
+    equal final weights; `mixconv search --supernet RUN` then searches with it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.training_fixtures import REPO
+
+    data = make_image_folder(tmp_path / "data", classes=(0, 1, 2), n_train=16, n_val=4)
+    space = save_space(TINY, tmp_path / "space.yaml")
+    run_dir = tmp_path / "supernet"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mixconv",
+           "train", "--config", "digit-pairs", "--model", str(space), "--data", str(data), "--holdout-fraction",
+           "0.25", "--epochs", "2", "--batch-size", "8", "--warmup-epochs", "0", "--output", str(run_dir)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(set(summary["final_weights_sha256"])) == 1
+    out = tmp_path / "search"
+    result = run_cli("search", "--space", str(space), "--data", str(data), "--supernet", str(run_dir), "--target",
+                     "macs", "--macs", "1000", "--output", str(out), "--evaluations", "4", "--population", "2",
+                     "--no-compare-random", "--predictor-archs", "2", "--finalists", "1",
+                     "--latency-cache", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["supernet_run"] == str(run_dir)

@@ -132,13 +132,16 @@ class DigitPairsDataset(Dataset):
 
     classes = [f"{i:02d}" for i in range(100)]
 
-    def __init__(self, split: str, transform: Callable | None = None, val_fraction: float = 0.2) -> None:
-        images, labels = _digit_split(split, val_fraction)
+    def __init__(self, split: str, transform: Callable | None = None, val_fraction: float = 0.2,
+                 pairs_per_class: int | None = None) -> None:
+        images, labels = _digit_split("val" if split == "val" else "train", val_fraction)
         by_digit = [np.flatnonzero(labels == d) for d in range(10)]
         if split == "train":
             by_digit = [idx[:PAIRS_TRAIN_DIGITS] for idx in by_digit]
-        rng = np.random.default_rng(0 if split == "train" else 1)
-        n = PAIRS_PER_CLASS["train" if split == "train" else "val"]
+        elif split == "holdout":  # training-split digit images the training pairs never use
+            by_digit = [idx[PAIRS_TRAIN_DIGITS:] for idx in by_digit]
+        rng = np.random.default_rng({"train": 0, "val": 1}.get(split, 2))
+        n = pairs_per_class or PAIRS_PER_CLASS["train" if split == "train" else "val"]
         left, right, targets = [], [], []
         for cls in range(100):
             a, b = divmod(cls, 10)
@@ -152,6 +155,7 @@ class DigitPairsDataset(Dataset):
         self.images = pairs.expand(-1, 3, -1, -1).contiguous()
         self.targets = targets
         self.transform = transform
+        self.val_fraction = val_fraction
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -159,6 +163,14 @@ class DigitPairsDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = tv_tensors.Image(self.images[i])
         return (self.transform(img) if self.transform else img), self.targets[i]
+
+    def holdout(self, fraction: float) -> tuple[Dataset, Dataset]:
+        """``(rest, held out)`` for :func:`holdout_split`: all training pairs, and ``fraction`` as many pairs
+        again built from the training split's digit images that no training pair uses (a random subset of the
+        training pairs would share their digit images, and every model scores ~100% on it)."""
+        per_class = max(1, int(round(PAIRS_PER_CLASS["train"] * fraction)))
+        held = DigitPairsDataset("holdout", self.transform, self.val_fraction, per_class)
+        return HeldOut(self, range(len(self))), HeldOut(held, range(len(held)))
 
 
 class HeldOut(torch.utils.data.Subset):
@@ -169,12 +181,15 @@ class HeldOut(torch.utils.data.Subset):
         self.classes = dataset_classes(dataset)
 
 
-def holdout_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[HeldOut, HeldOut]:
+def holdout_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
     """``(rest, held out)``: ``fraction`` of ``dataset`` set aside, chosen with a fixed ``seed`` (not the
     training seed), so a search can score architectures on training data the weights never saw while the
     validation set stays untouched."""
     if not 0 < fraction < 1:
         raise ConfigError(f"holdout_fraction: got {fraction!r}; expected a number in (0, 1)")
+    own = getattr(dataset, "holdout", None)
+    if callable(own):  # a data set that knows how to hold out without leaking (digit-pairs)
+        return own(fraction)
     n = len(dataset)  # type: ignore[arg-type]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     k = int(round(n * fraction))

@@ -175,6 +175,13 @@ def test_train_on_digit_pairs_uses_its_recipe():
     va, _ = _digit_split("val", 0.2)
     assert not any((v == t).all() for v in va[:40] for t in tr)
     assert PAIRS_TRAIN_DIGITS < 144
+    # holding out never leaks: the held-out pairs are made of training-split digits no training pair uses
+    from mixconv.data.datasets import holdout_split
+
+    rest, held = holdout_split(train, 0.1)
+    assert (len(rest), len(held), held.classes) == (10000, 1000, train.classes)
+    train_halves = {bytes(train.images[i, 0, :, :16].numpy()) for i in range(0, 10000, 7)}
+    assert not any(bytes(held.dataset.images[i, 0, :, :16].numpy()) in train_halves for i in range(0, 1000, 3))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

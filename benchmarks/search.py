@@ -80,8 +80,9 @@ def retrain(spec: MixNetSpec, name: str, out: Path, seed: int, epochs: int) -> f
     (out / "configs").mkdir(parents=True, exist_ok=True)
     path = save_config(spec, out / "configs" / f"{name}.yaml")
     run_dir = out / "retrain" / f"{name}-seed{seed}"
-    if (run_dir / "summary.json").is_file() and json.loads((run_dir / "summary.json").read_text()).get("finished"):
-        return float(json.loads((run_dir / "summary.json").read_text())["final_top1"])
+    done = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    if done.get("finished"):
+        return float(done["final_top1"])
     resume = (run_dir / "last.state.pt").is_file()
     cfg = make_config("digit-pairs", {"model": str(path), "seed": seed, "epochs": epochs, "output": str(run_dir)})
     summary = run_training(cfg, resume=str(run_dir) if resume else None)

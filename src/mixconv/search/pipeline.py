@@ -22,7 +22,6 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm import tqdm
 
-from mixconv.files.atomic import atomic_write
 from mixconv.files.config import config_to_yaml
 from mixconv.files.space import load_space, save_space
 from mixconv.files.weights import read_checkpoint
@@ -33,7 +32,7 @@ from mixconv.search.evaluate import Scorer, ScoringData
 from mixconv.search.latency import LatencyModel, PredictorError, TableKey, check_target, predictor_error
 from mixconv.search.study import Evaluated, SearchError, run_study
 from mixconv.training.config import TrainConfig, make_config
-from mixconv.training.main import resolve_preprocess
+from mixconv.training.main import resolve_preprocess, write_json, write_text
 from mixconv.training.main import run as run_training
 from mixconv.training.state import checkpoint_paths
 
@@ -98,11 +97,6 @@ def _bar(desc: str) -> Callable[[int, int], None]:
     return update
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=1)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def supernet_config(s: SearchSettings, out: Path) -> TrainConfig:
     overrides = {"model": str(out / "space.yaml"), "data": s.data, "holdout_fraction": s.holdout_fraction,
                  "epochs": s.supernet_epochs, "output": str(out / "supernet"), **s.train_overrides}
@@ -123,7 +117,7 @@ def _predictor(s: SearchSettings, model: LatencyModel, out: Path) -> PredictorEr
             return PredictorError(doc["n"], doc["mape"], doc["within_10"], doc["kendall_tau"],
                                   tuple(tuple(p) for p in doc["pairs"]))
     err = predictor_error(model, s.predictor_archs, seed=s.seed, progress=_bar("predictor check"))
-    _write_json(path, {**err.to_dict(), "table": model.table.path.name})
+    write_json(path, {**err.to_dict(), "table": model.table.path.name})
     return err
 
 
@@ -189,10 +183,10 @@ def write_top(out: Path, space: SearchSpace, rows: list[dict[str, Any]], unit: s
                   f"(budget {budget:g}); params {row['params']:,}, MACs {row['macs']:,}\n")
         text = header + config_to_yaml(space.to_spec(row["arch"]))
         path = out / "top" / f"{n}.yaml"
-        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+        write_text(path, text)
         if row.get("best"):
-            atomic_write(out / "best.yaml", lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
             best = out / "best.yaml"
+            write_text(best, text)
     assert best is not None
     return best
 
@@ -235,7 +229,7 @@ def run_search(s: SearchSettings) -> dict[str, Any]:
     phases["finalists"] = time.perf_counter() - t0
     summary.update(phases_seconds={k: round(v, 1) for k, v in phases.items()}, predictor=err.to_dict(),
                    fastest_achievable=fastest, table=str(model.table.path), supernet_run=str(run_dir))
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     return summary
 
 

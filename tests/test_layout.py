@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "mixconv"
 # The only modules at the top of the package: the public API and the program's entry points.
 TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py"}
-ROOMS = {"bench", "commands", "convert", "data", "deploy", "factory", "files", "inference", "kernels", "layers", "search",
+ROOMS = {"bench", "commands", "convert", "data", "deploy", "factory", "files", "inference", "kernels", "layers", "search", "studies",
          "models", "surgery", "training", "visual", "configs", "recipes"}
 
 

@@ -230,6 +230,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, model: Optiona
     from mixconv.deploy.export import export_onnx
     from mixconv.factory.checkpoint import model_from_checkpoint
     from mixconv.files.onnx_metadata import checkpoint_metadata
+    from mixconv.models.mixnet import MixNet, MixNetFeatures
     from mixconv.surgery.optimize import optimize_for_inference
 
     net = model_from_checkpoint(checkpoint, model).eval()
@@ -237,7 +238,10 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, model: Optiona
     meta = checkpoint_metadata(net, checkpoint, None)
     if meta.preprocess is not None:
         img_size = (meta.preprocess.img_size, meta.preprocess.img_size)
-    return export_onnx(optimize_for_inference(net), output, img_size=img_size, metadata=meta, ort_rewrites=True)
+    # optimize_for_inference knows MixNets; other networks (MixConv-MobileNets) export as built, BN unfolded
+    # (onnxruntime folds it when it loads the graph)
+    fast = optimize_for_inference(net) if isinstance(net, (MixNet, MixNetFeatures)) else net
+    return export_onnx(fast, output, img_size=img_size, metadata=meta, ort_rewrites=True)
 
 
 def fp32_export_path(output: str | Path, fp32_output: str | Path | None = None) -> Path:

@@ -14,6 +14,8 @@ from torch import nn
 
 from mixconv.factory.create import create_model, load_hub_model
 from mixconv.files.config import spec_from_dict
+from mixconv.files.mobilenet import is_mobilenet_document, mobilenet_from_dict
+from mixconv.files.space import is_space_document, space_from_dict
 from mixconv.files.inputs import CheckpointError, load_yaml
 from mixconv.files.weights import (
     check_state_dict,
@@ -25,7 +27,10 @@ from mixconv.files.weights import (
     read_training_checkpoint,
     timm_to_mixconv,
 )
+from mixconv.models.mobilenet import MobileNetSpec
 from mixconv.models.pretrained_cfg import cfg_from_preprocess, set_pretrained_cfg
+from mixconv.models.space import SearchSpace
+from mixconv.models.specs import MixNetSpec
 from mixconv.models.registry import get_model_def, list_models
 
 
@@ -98,9 +103,8 @@ def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, 
         if model is not None:
             net = create_model(model, num_classes=num_classes, in_chans=in_chans)
         elif meta.get("config"):
-            source = f"{path} (header 'config')"
-            spec = spec_from_dict(load_yaml(meta["config"], source, CheckpointError), source)
-            net = create_model(spec, num_classes=num_classes, in_chans=in_chans)
+            arch = architecture_from_yaml(meta["config"], f"{path} (header 'config')")
+            net = create_model(arch, num_classes=num_classes, in_chans=in_chans)
         elif meta.get("model_name") in list_models():
             net = create_model(meta["model_name"], num_classes=num_classes, in_chans=in_chans)
         else:
@@ -114,6 +118,16 @@ def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, 
     net.load_state_dict(sd, strict=True)
     _apply_checkpoint_preprocess(net, meta)
     return net
+
+
+def architecture_from_yaml(text: str, source: str) -> MixNetSpec | MobileNetSpec | SearchSpace:
+    """A checkpoint header's architecture: a MixNet config, a ``mobilenet:`` or a ``search_space:`` document."""
+    doc = load_yaml(text, source, CheckpointError)
+    if is_mobilenet_document(doc):
+        return mobilenet_from_dict(doc, source)
+    if is_space_document(doc):
+        return space_from_dict(doc, source)
+    return spec_from_dict(doc, source)
 
 
 def _apply_checkpoint_preprocess(net: nn.Module, meta: Mapping[str, str]) -> None:
@@ -135,9 +149,9 @@ def model_from_training_checkpoint(path: str | Path, num_classes: int | None = N
         raise CheckpointError(f"{path}: not a self-describing mixconv checkpoint (no model config in it); pass "
                               "--model NAME|YAML as well")
     name = extra.get("model_name", "")
-    spec = spec_from_dict(load_yaml(extra["config_yaml"], f"{path} (header 'config')", CheckpointError), str(path))
+    arch = architecture_from_yaml(extra["config_yaml"], f"{path} (header 'config')")
     n = int(extra.get("num_classes", 0)) if num_classes is None else num_classes
-    model = create_model(spec, num_classes=n, in_chans=int(extra.get("in_chans", 3)))
+    model = create_model(arch, num_classes=n, in_chans=int(extra.get("in_chans", 3)))
     model.model_name = name or getattr(model, "model_name", "custom")
     load_pretrained(model, path)
     if "preprocess" in extra:  # timm's data tools then see the training preprocessing, not the variant's

@@ -16,6 +16,7 @@ from mixconv.files.hub import (
     read_hub_config,
 )
 from mixconv.files.inputs import CheckpointError, read_yaml
+from mixconv.files.mobilenet import is_mobilenet_document, mobilenet_from_dict
 from mixconv.files.space import is_space_document, space_from_dict
 from mixconv.files.weights import (
     check_state_dict,
@@ -26,6 +27,7 @@ from mixconv.files.weights import (
     timm_to_mixconv,
 )
 from mixconv.models.mixnet import MixNet, MixNetFeatures
+from mixconv.models.mobilenet import MobileNetSpec, mobilenet_from_spec
 from mixconv.models.pretrained_cfg import cfg_from_meta, set_pretrained_cfg
 from mixconv.models.registry import get_model_def, list_models
 from mixconv.models.space import SearchSpace
@@ -42,6 +44,9 @@ def resolve_model_name(name_or_yaml: str | Path | MixNetSpec) -> tuple[str, MixN
         return "custom", name_or_yaml, ModelMeta()
     if isinstance(name_or_yaml, SearchSpace) or search_space_of(name_or_yaml) is not None:
         return "supernet", None, ModelMeta()
+    if mobilenet_spec_of(name_or_yaml) is not None:
+        name = "mobilenet" if isinstance(name_or_yaml, MobileNetSpec) else Path(name_or_yaml).stem
+        return name, None, ModelMeta()
     if is_config_path(name_or_yaml):
         return Path(name_or_yaml).stem, load_config(name_or_yaml), ModelMeta()
     model_def = get_model_def(str(name_or_yaml))
@@ -58,8 +63,18 @@ def search_space_of(name_or_yaml: object) -> SearchSpace | None:
     return space_from_dict(doc, str(name_or_yaml)) if is_space_document(doc) else None
 
 
+def mobilenet_spec_of(name_or_yaml: object) -> MobileNetSpec | None:
+    """The MixConv-MobileNet a YAML path holds (a document with ``mobilenet``), else ``None``."""
+    if isinstance(name_or_yaml, MobileNetSpec):
+        return name_or_yaml
+    if not isinstance(name_or_yaml, (str, Path)) or not is_config_path(name_or_yaml):
+        return None
+    doc = read_yaml(name_or_yaml, "a model config (YAML)", ConfigError)
+    return mobilenet_from_dict(doc, str(name_or_yaml)) if is_mobilenet_document(doc) else None
+
+
 def create_model(
-    name_or_yaml: str | Path | MixNetSpec | SearchSpace,
+    name_or_yaml: str | Path | MixNetSpec | SearchSpace | MobileNetSpec,
     *,
     num_classes: int | None = None,
     pretrained: str | Path | bool | None = None,
@@ -77,7 +92,8 @@ def create_model(
             its ``config.json`` gives the architecture, classes and preprocessing. A search space (a
             :class:`~mixconv.models.space.SearchSpace` or a YAML file holding ``search_space``) gives its
             weight-sharing :class:`~mixconv.models.supernet.Supernet`, which ``mixconv train`` trains like
-            any model (one sampled path a step).
+            any model (one sampled path a step). A :class:`~mixconv.models.mobilenet.MobileNetSpec` (or a YAML
+            file holding ``mobilenet``) gives a MixConv-MobileNet with per-layer depthwise choices.
         num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features); default
             1000, or the hub folder's.
         pretrained: path to a local timm or mixconv checkpoint, or hub folder, of the same architecture;
@@ -106,6 +122,13 @@ def create_model(
             raise ValueError("a supernet (search space) supports no features_only, out_indices or drop_path_rate")
         supernet = Supernet(space, num_classes, in_chans, drop_rate)
         return _finish(supernet, "supernet", ModelMeta(), in_chans, pretrained)
+    mobilenet = mobilenet_spec_of(name_or_yaml)
+    if mobilenet is not None:
+        if features_only or out_indices is not None or drop_path_rate:
+            raise ValueError("a MixConv-MobileNet supports no features_only, out_indices or drop_path_rate")
+        name = resolve_model_name(mobilenet)[0] if isinstance(name_or_yaml, MobileNetSpec) else Path(name_or_yaml).stem
+        model = mobilenet_from_spec(mobilenet, num_classes, in_chans, drop_rate)
+        return _finish(model, name, ModelMeta(), in_chans, pretrained)
     name, spec, meta = resolve_model_name(name_or_yaml)
     if spec is None:
         model = _create_from_builder(name, num_classes, in_chans, drop_rate, drop_path_rate, features_only,
@@ -121,9 +144,9 @@ def create_model(
     return _finish(model, name, meta, in_chans, pretrained)
 
 
-def _hub_folder(name_or_yaml: str | Path | MixNetSpec | SearchSpace) -> Path | None:
+def _hub_folder(name_or_yaml: object) -> Path | None:
     """The folder of ``local-dir:DIR`` or of a directory holding ``config.json``; else ``None``."""
-    if isinstance(name_or_yaml, (MixNetSpec, SearchSpace)):
+    if isinstance(name_or_yaml, (MixNetSpec, SearchSpace, MobileNetSpec)):
         return None
     text = str(name_or_yaml)
     if text.startswith("local-dir:"):

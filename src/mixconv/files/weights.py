@@ -317,6 +317,24 @@ def load_pretrained(model: nn.Module, path: str | Path, *, use_ema: bool = False
     return model
 
 
+def architecture_yaml(model: nn.Module) -> str:
+    """The YAML that rebuilds ``model``'s architecture: a MixNet's config, a MixConv-MobileNet's ``mobilenet:``
+    document, or a supernet's search space (what ``mixconv search`` reads)."""
+    from mixconv.files.mobilenet import mobilenet_to_yaml
+    from mixconv.files.space import space_to_yaml
+
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        return config_to_yaml(spec)
+    mobilenet = getattr(model, "mobilenet_spec", None)
+    if mobilenet is not None:
+        return mobilenet_to_yaml(mobilenet)
+    if hasattr(model, "space"):
+        return space_to_yaml(model.space)
+    raise CheckpointError(f"cannot describe {type(model).__name__} in a checkpoint: it has no spec, MobileNet spec "
+                          "or search space")
+
+
 def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s weights as a self-describing safetensors checkpoint (atomically).
 
@@ -324,13 +342,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any]
     ``extra`` (JSON-encoded), so the file alone rebuilds the model, and the sha256 of the tensors, checked
     whenever the file is read.
     """
-    from mixconv.files.space import space_to_yaml
-
-    spec = getattr(model, "spec", None)
     meta = {
         "format": MIXCONV_FORMAT,
-        # a supernet (no spec) records its search space, in the YAML mixconv search reads
-        "config": config_to_yaml(spec) if spec is not None else space_to_yaml(model.space),
+        "config": architecture_yaml(model),
         "model_name": str(getattr(model, "model_name", "")),
         "num_classes": str(getattr(model, "num_classes", 0)),
         "in_chans": str(getattr(model, "in_chans", 3)),
@@ -364,9 +378,9 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
 
 
 def save_model_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, object] | None = None) -> Path:
-    """:func:`mixconv.save_checkpoint` for MixNets; for registered non-MixNet models (no spec) the same header
+    """:func:`mixconv.save_checkpoint` for MixNets and MixConv-MobileNets; for other registered models the same header
     without ``config`` (the registered ``model_name`` rebuilds them)."""
-    if getattr(model, "spec", None) is not None:
+    if getattr(model, "spec", None) is not None or getattr(model, "mobilenet_spec", None) is not None:
         return save_checkpoint(model, path, extra)
     name = str(getattr(model, "model_name", ""))
     if name not in list_models():

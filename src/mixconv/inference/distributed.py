@@ -45,6 +45,11 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 
+def group_exists() -> bool:
+    """Whether this process already belongs to a process group (a caller that trains several runs in one)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def cleanup(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -12,6 +12,7 @@ from mixconv.models.builder import (
     round_channels,
 )
 from mixconv.models.mixnet import MixNet, MixNetBlock, MixNetFeatures
+from mixconv.models.mobilenet import Depthwise, MobileNetSpec, mobilenet_from_spec
 from mixconv.models.registry import (
     UnknownModelError,
     get_model_def,
@@ -21,7 +22,8 @@ from mixconv.models.registry import (
 from mixconv.models.specs import BlockRow, MixNetSpec, ModelDef, ModelMeta
 
 __all__ = [
-    "BlockRow", "MixNet", "MixNetBlock", "MixNetFeatures", "MixNetSpec", "ModelDef", "ModelMeta", "ResolvedBlock",
-    "ResolvedNet", "UnknownModelError", "get_model_def", "list_models", "make_divisible", "register",
+    "BlockRow", "Depthwise", "MixNet", "MixNetBlock", "MixNetFeatures", "MixNetSpec", "MobileNetSpec", "ModelDef", "ModelMeta",
+    "ResolvedBlock",
+    "ResolvedNet", "UnknownModelError", "get_model_def", "list_models", "make_divisible", "mobilenet_from_spec", "register",
     "resolve", "round_channels",
 ]

@@ -5,15 +5,21 @@ This is the setting of the MixConv paper's section 2 (Tan & Le 2019, Figure 4): 
 The layouts are torchvision's (``mobilenet_v2``) and the MobileNetV1 paper's, so
 ``mixify(torchvision.models.mobilenet_v2(), (3, 5, 7, 9))`` has exactly the parameters of
 ``mobilenet_v2_mixconv``.
+
+A :class:`MobileNetSpec` names one :class:`Depthwise` choice per depthwise layer (13 in V1, 17 in V2), so the
+paper's studies (one kernel everywhere, one layer changed, exponential partition, dilation) are typed data;
+:func:`mobilenet_from_spec` builds them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from mixconv.layers import ConvNormAct, MixConv2d
+from mixconv.layers.mixed_conv import SPLIT_MODES, check_kernel_sizes
 from mixconv.models.builder import make_divisible
 from mixconv.models.registry import register
 from mixconv.models.specs import ModelDef, ModelMeta
@@ -25,6 +31,100 @@ V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512,
 # MobileNetV2 (torchvision): expansion t, channels c, repeats n, stride s.
 V2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
               (6, 320, 1, 1))
+
+
+VERSIONS = (1, 2)
+
+
+def depthwise_count(version: int) -> int:
+    """Depthwise layers of MobileNetV1 (13) or V2 (17)."""
+    return len(V1_BLOCKS) if version == 1 else sum(n for _, _, n, _ in V2_SETTING)
+
+
+@dataclass(frozen=True)
+class Depthwise:
+    """One depthwise layer: its MixConv kernel sizes (one group each), channel partition and dilation.
+
+    ``Depthwise((9,))`` is a plain 9x9 depthwise conv; ``Depthwise((3,), dilation=4)`` a 3x3 dilated to 9x9's
+    receptive field; ``Depthwise((3, 5, 7, 9), "exponential")`` MixConv3579 with channels halving per group.
+    """
+
+    kernel_sizes: tuple[int, ...] = (3,)
+    split: str = "equal"
+    dilation: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel_sizes", check_kernel_sizes(self.kernel_sizes))
+        if self.split not in SPLIT_MODES:
+            raise ValueError(f"split must be one of {', '.join(SPLIT_MODES)}, got {self.split!r}")
+        if isinstance(self.dilation, bool) or not isinstance(self.dilation, int) or self.dilation < 1:
+            raise ValueError(f"dilation must be a positive int, got {self.dilation!r}")
+
+    @property
+    def label(self) -> str:
+        """``3x3``, ``mix3579``, ``mix3579-exp``, ``3x3-d4``."""
+        ks = self.kernel_sizes
+        text = f"{ks[0]}x{ks[0]}" if len(ks) == 1 else "mix" + "".join(map(str, ks))
+        if self.split != "equal" and len(ks) > 1:
+            text += "-exp"
+        return text + (f"-d{self.dilation}" if self.dilation > 1 else "")
+
+
+@dataclass(frozen=True)
+class MobileNetSpec:
+    """A MixConv-MobileNet: the version, a width multiplier and one :class:`Depthwise` per depthwise layer."""
+
+    version: int
+    layers: tuple[Depthwise, ...]
+    width_mult: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise ValueError(f"version must be 1 or 2 (MobileNetV1 or V2), got {self.version!r}")
+        layers = tuple(self.layers)
+        if any(not isinstance(dw, Depthwise) for dw in layers):
+            raise ValueError("layers must hold Depthwise entries")
+        n = depthwise_count(self.version)
+        if len(layers) != n:
+            raise ValueError(f"MobileNetV{self.version} has {n} depthwise layers; got {len(layers)} layer choices")
+        object.__setattr__(self, "layers", layers)
+        w = self.width_mult
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
+            raise ValueError(f"width_mult must be a positive number, got {w!r}")
+
+    @classmethod
+    def uniform(cls, version: int, dw: Depthwise = Depthwise(), width_mult: float = 1.0) -> "MobileNetSpec":
+        """Every depthwise layer the same."""
+        if version not in VERSIONS:
+            raise ValueError(f"version must be 1 or 2 (MobileNetV1 or V2), got {version!r}")
+        return cls(version, (dw,) * depthwise_count(version), width_mult)
+
+    def with_layer(self, index: int, dw: Depthwise) -> "MobileNetSpec":
+        """This network with depthwise layer ``index`` (1-based, as the paper counts) replaced by ``dw``."""
+        n = len(self.layers)
+        if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= n:
+            raise ValueError(f"layer index {index!r} is out of range: MobileNetV{self.version} has {n} depthwise "
+                             f"layers (1..{n})")
+        layers = list(self.layers)
+        layers[index - 1] = dw
+        return MobileNetSpec(self.version, tuple(layers), self.width_mult)
+
+    def strides(self) -> tuple[int, ...]:
+        """The stride of each depthwise layer (the paper expects the stride-2 layers to gain from large kernels)."""
+        if self.version == 1:
+            return tuple(s for _, s in V1_BLOCKS)
+        return tuple(s if i == 0 else 1 for _, _, n, s in V2_SETTING for i in range(n))
+
+
+def _dw_conv(c: int, dw: Depthwise, stride: int, act: str) -> ConvNormAct:
+    return ConvNormAct(MixConv2d(c, dw.kernel_sizes, stride, dilation=dw.dilation, split=dw.split), act)
+
+
+def _layers(layers: Optional[Sequence[Depthwise]], version: int, kernel_sizes: Sequence[int],
+            split: str) -> tuple[Depthwise, ...]:
+    if layers is None:
+        return (Depthwise(tuple(kernel_sizes), split),) * depthwise_count(version)
+    return MobileNetSpec(version, tuple(layers)).layers  # checks the count
 
 
 def _conv(cin: int, cout: int, k: int = 1, stride: int = 1) -> nn.Conv2d:
@@ -85,17 +185,19 @@ class MixConvMobileNetV1(_Classifier):
     """MobileNetV1 (Howard et al. 2017) whose depthwise convs are MixConvs with ``kernel_sizes``."""
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
-                 kernel_sizes: Sequence[int] = PAPER_KERNELS, width_mult: float = 1.0, split: str = "equal") -> None:
+                 kernel_sizes: Sequence[int] = PAPER_KERNELS, width_mult: float = 1.0, split: str = "equal",
+                 layers: Optional[Sequence[Depthwise]] = None) -> None:
         super().__init__()
         self.in_chans = in_chans
         self.meta = ModelMeta(source=_SOURCE)
         c = make_divisible(32 * width_mult)
         self.stem = ConvNormAct(_conv(in_chans, c, 3, 2), "relu")
         blocks = []
-        for out, stride in V1_BLOCKS:
+        self.mobilenet_spec = MobileNetSpec(1, _layers(layers, 1, kernel_sizes, split), width_mult)
+        for (out, stride), dw in zip(V1_BLOCKS, self.mobilenet_spec.layers):
             out = make_divisible(out * width_mult)
             blocks.append(nn.Sequential(
-                ConvNormAct(MixConv2d(c, kernel_sizes, stride, split=split), "relu"),
+                _dw_conv(c, dw, stride, "relu"),
                 ConvNormAct(_conv(c, out), "relu"),
             ))
             c = out
@@ -108,12 +210,12 @@ class MixConvMobileNetV1(_Classifier):
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand (ReLU6), MixConv (ReLU6), linear 1x1 project, residual when shapes match."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expansion: int, kernel_sizes: Sequence[int], split: str):
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int, dw: Depthwise):
         super().__init__()
         mid = cin * expansion
         self.has_skip = stride == 1 and cin == cout
         self.expand = ConvNormAct(_conv(cin, mid), "relu6") if expansion != 1 else nn.Identity()
-        self.dw = ConvNormAct(MixConv2d(mid, kernel_sizes, stride, split=split), "relu6")
+        self.dw = _dw_conv(mid, dw, stride, "relu6")
         self.project = ConvNormAct(_conv(mid, cout), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,17 +227,20 @@ class MixConvMobileNetV2(_Classifier):
     """MobileNetV2 (Sandler et al. 2018, torchvision's layout) whose depthwise convs are MixConvs."""
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2,
-                 kernel_sizes: Sequence[int] = PAPER_KERNELS, width_mult: float = 1.0, split: str = "equal") -> None:
+                 kernel_sizes: Sequence[int] = PAPER_KERNELS, width_mult: float = 1.0, split: str = "equal",
+                 layers: Optional[Sequence[Depthwise]] = None) -> None:
         super().__init__()
         self.in_chans = in_chans
         self.meta = ModelMeta(source=_SOURCE)
         c = make_divisible(32 * width_mult)
         self.stem = ConvNormAct(_conv(in_chans, c, 3, 2), "relu6")
         blocks: list[nn.Module] = []
+        self.mobilenet_spec = MobileNetSpec(2, _layers(layers, 2, kernel_sizes, split), width_mult)
+        choices = iter(self.mobilenet_spec.layers)
         for t, out, n, s in V2_SETTING:
             out = make_divisible(out * width_mult)
             for i in range(n):
-                blocks.append(InvertedResidual(c, out, s if i == 0 else 1, t, kernel_sizes, split))
+                blocks.append(InvertedResidual(c, out, s if i == 0 else 1, t, next(choices)))
                 c = out
         self.num_features = make_divisible(1280 * max(1.0, width_mult))
         blocks.append(ConvNormAct(_conv(c, self.num_features), "relu6"))
@@ -155,6 +260,16 @@ def mobilenet_v1_mixconv(num_classes: int = 1000, in_chans: int = 3, drop_rate: 
 def mobilenet_v2_mixconv(num_classes: int = 1000, in_chans: int = 3, drop_rate: float | None = None) -> nn.Module:
     """MixConv-MobileNetV2 of the paper's section 2 (kernels 3/5/7/9, equal split)."""
     return MixConvMobileNetV2(num_classes, in_chans, 0.2 if drop_rate is None else drop_rate)
+
+
+def mobilenet_from_spec(spec: MobileNetSpec, num_classes: int = 1000, in_chans: int = 3,
+                        drop_rate: float | None = None) -> nn.Module:
+    """The network a :class:`MobileNetSpec` describes (dropout: V1 0.0, V2 0.2, as the registered models)."""
+    if spec.version == 1:
+        return MixConvMobileNetV1(num_classes, in_chans, 0.0 if drop_rate is None else drop_rate,
+                                  width_mult=spec.width_mult, layers=spec.layers)
+    return MixConvMobileNetV2(num_classes, in_chans, 0.2 if drop_rate is None else drop_rate,
+                              width_mult=spec.width_mult, layers=spec.layers)
 
 
 register(ModelDef("mobilenet_v1_mixconv", None, ModelMeta(source=_SOURCE), builder=mobilenet_v1_mixconv))

@@ -42,6 +42,7 @@ from mixconv.inference.distributed import (
     broadcast_flag,
     cleanup,
     gather_objects,
+    group_exists,
     init_distributed,
     sync_buffers,
 )
@@ -335,12 +336,17 @@ def open_run_dir(cfg: TrainConfig, info: DistInfo) -> tuple[TrainConfig, Optiona
 
 def run(cfg: TrainConfig, *, resume: Optional[str] = None, resume_overrides: Optional[dict[str, Any]] = None,
         on_epoch_end: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
-    """Train (or resume) a run; returns the summary (also written to ``summary.json``)."""
+    """Train (or resume) a run; returns the summary (also written to ``summary.json``).
+
+    Under torchrun the run joins the process group, or uses the caller's where one exists (a study trains its
+    arms one after another in one group: a group torn down and set up again would find stale addresses)."""
+    owned = not group_exists()
     info = init_distributed()
     try:
         return _run(cfg, info, resume, resume_overrides or {}, on_epoch_end)
     finally:
-        cleanup(info)
+        if owned:
+            cleanup(info)
 
 
 @dataclass

@@ -3,7 +3,7 @@ timm's hub layout) to a model, with optional local pretrained weights (nothing i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
@@ -53,24 +53,26 @@ def resolve_model_name(name_or_yaml: str | Path | MixNetSpec) -> tuple[str, MixN
     return model_def.name, model_def.spec, model_def.meta
 
 
-def search_space_of(name_or_yaml: object) -> SearchSpace | None:
-    """The search space a YAML path holds (a document with ``search_space``), else ``None``."""
-    if isinstance(name_or_yaml, SearchSpace):
+def _document_of(name_or_yaml: object, kind: type, key_check: Callable[[Any], bool],
+                 parse: Callable[[Any, str], Any]) -> Any:
+    """``name_or_yaml`` when it is a ``kind``; the ``kind`` a YAML path holds when ``key_check`` accepts its
+    document; else ``None``."""
+    if isinstance(name_or_yaml, kind):
         return name_or_yaml
     if not isinstance(name_or_yaml, (str, Path)) or not is_config_path(name_or_yaml):
         return None
-    doc = read_yaml(name_or_yaml, "a MixNet model config or search space (YAML)", ConfigError)
-    return space_from_dict(doc, str(name_or_yaml)) if is_space_document(doc) else None
+    doc = read_yaml(name_or_yaml, "a model config, MobileNet config or search space (YAML)", ConfigError)
+    return parse(doc, str(name_or_yaml)) if key_check(doc) else None
+
+
+def search_space_of(name_or_yaml: object) -> SearchSpace | None:
+    """The search space a YAML path holds (a document with ``search_space``), else ``None``."""
+    return _document_of(name_or_yaml, SearchSpace, is_space_document, space_from_dict)
 
 
 def mobilenet_spec_of(name_or_yaml: object) -> MobileNetSpec | None:
     """The MixConv-MobileNet a YAML path holds (a document with ``mobilenet``), else ``None``."""
-    if isinstance(name_or_yaml, MobileNetSpec):
-        return name_or_yaml
-    if not isinstance(name_or_yaml, (str, Path)) or not is_config_path(name_or_yaml):
-        return None
-    doc = read_yaml(name_or_yaml, "a model config (YAML)", ConfigError)
-    return mobilenet_from_dict(doc, str(name_or_yaml)) if is_mobilenet_document(doc) else None
+    return _document_of(name_or_yaml, MobileNetSpec, is_mobilenet_document, mobilenet_from_dict)
 
 
 def create_model(

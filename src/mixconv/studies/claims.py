@@ -116,13 +116,18 @@ def _layers(stats: list[ArmStats], family: str) -> list[Claim]:
     return claims
 
 
+def _deltas(stats: list[ArmStats], family: str, base: str, other: str) -> tuple[list[int], list[float], str]:
+    """The kernels both kinds have, ``other - base`` top-1 at each, and those as text."""
+    a, b = _by(stats, family, base), _by(stats, family, other)
+    ks = sorted(set(a) & set(b))
+    deltas = [b[k].top1 - a[k].top1 for k in ks]
+    return ks, deltas, ", ".join(f"{k}: {d:+.2f}" for k, d in zip(ks, deltas))
+
+
 def _partition(stats: list[ArmStats], family: str) -> list[Claim]:
-    eq, ex = _by(stats, family, "mixconv"), _by(stats, family, "exponential")
-    ks = sorted(set(eq) & set(ex))
+    ks, deltas, detail = _deltas(stats, family, "mixconv", "exponential")
     if not ks:
         return []
-    deltas = [ex[k].top1 - eq[k].top1 for k in ks]
-    detail = ", ".join(f"{k}: {d:+.2f}" for k, d in zip(ks, deltas))
     mean = statistics.fmean(deltas)
     return [Claim("partition", PAPER["partition"][0] + f" ({family})",
                   f"exponential minus equal top-1 by largest kernel: {detail} (mean {mean:+.2f})",
@@ -130,12 +135,9 @@ def _partition(stats: list[ArmStats], family: str) -> list[Claim]:
 
 
 def _dilation(stats: list[ArmStats], family: str) -> list[Claim]:
-    dw, dl = _by(stats, family, "depthwise"), _by(stats, family, "dilated")
-    ks = sorted(set(dw) & set(dl))
+    ks, deltas, detail = _deltas(stats, family, "depthwise", "dilated")
     if not ks:
         return []
-    deltas = [dl[k].top1 - dw[k].top1 for k in ks]
-    detail = ", ".join(f"{k}: {d:+.2f}" for k, d in zip(ks, deltas))
     holds = deltas[-1] < 0 and (len(ks) == 1 or deltas[-1] < deltas[0])
     return [Claim("dilation", PAPER["dilation"][0] + f" ({family})",
                   f"dilated 3x3 minus kxk top-1 by receptive field k: {detail}", holds)]

@@ -40,7 +40,7 @@ def _kernel_axes(axes, stats: list[ArmStats], xs: tuple[str, ...]) -> None:
         if kind == "mixconv":  # MixConv {3} is the 3x3 depthwise conv: the curves start together
             arms = [a for a in series.get((family, "depthwise"), []) if a.kernel == 3] + arms
         for ax, x in zip(axes, xs):
-            vals = [getattr(a, x) / 1e6 for a in arms]
+            vals = [getattr(a, x) / (1 if x == "kernel" else 1e6) for a in arms]
             ax.errorbar(vals, [a.top1 for a in arms], yerr=[a.std for a in arms], marker="o", capsize=2,
                         label=f"{family.upper()} {LABELS[kind]}")
             for a, v in zip(arms, vals):

@@ -128,7 +128,7 @@ def create_model(
     if mobilenet is not None:
         if features_only or out_indices is not None or drop_path_rate:
             raise ValueError("a MixConv-MobileNet supports no features_only, out_indices or drop_path_rate")
-        name = resolve_model_name(mobilenet)[0] if isinstance(name_or_yaml, MobileNetSpec) else Path(name_or_yaml).stem
+        name = "mobilenet" if isinstance(name_or_yaml, MobileNetSpec) else Path(name_or_yaml).stem
         model = mobilenet_from_spec(mobilenet, num_classes, in_chans, drop_rate)
         return _finish(model, name, ModelMeta(), in_chans, pretrained)
     name, spec, meta = resolve_model_name(name_or_yaml)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +23,6 @@ from typing import Any, Optional
 
 import yaml
 
-from mixconv.files.atomic import atomic_write
 from mixconv.files.inputs import read_yaml
 from mixconv.files.mobilenet import save_mobilenet
 from mixconv.inference.distributed import DistInfo, barrier, cleanup, group_exists, init_distributed
@@ -35,7 +32,7 @@ from mixconv.studies.arms import Arm, StudyError, study_arms
 from mixconv.studies.presets import get_preset
 from mixconv.training.config import TrainConfig, make_config
 from mixconv.training.main import run as run_training
-from mixconv.training.main import write_json
+from mixconv.training.main import write_json, write_text
 from mixconv.training.state import checkpoint_paths
 
 COLUMNS = ("study", "family", "arm", "kind", "kernel", "layer", "stride", "seed", "params", "macs", "top1",
@@ -106,10 +103,10 @@ def plan_study(s: StudySettings) -> Plan:
     return Plan(s.study, Path(s.output), tuple(arms), seeds, recipe, training)
 
 
-def _check_settings(plan: Plan) -> None:
-    """A folder holds runs of one training setting: refuse another (its runs would not be comparable)."""
+def _check_settings(plan: Plan, write: bool) -> None:
+    """A folder holds runs of one training setting: refuse another (its runs would not be comparable); a new
+    folder records it (``write``: rank 0)."""
     path = plan.out / "study.yaml"
-    mine = {"recipe": plan.recipe, "training": plan.training}
     if path.is_file():
         saved = read_yaml(path, "the study folder's training settings (study.yaml)", StudyError) or {}
         diff = sorted(k for k in set(saved.get("training", {})) | set(plan.training)
@@ -119,9 +116,8 @@ def _check_settings(plan: Plan) -> None:
         if diff:
             raise StudyError(f"{plan.out} holds study runs trained with other settings ({', '.join(diff)} differ, "
                              f"see {path}); use another --output")
-    elif int(os.environ.get("RANK", "0")) == 0:
-        text = yaml.safe_dump(mine, sort_keys=False)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    elif write:
+        write_text(path, yaml.safe_dump({"recipe": plan.recipe, "training": plan.training}, sort_keys=False))
 
 
 def _finished(run_dir: Path) -> Optional[dict[str, Any]]:
@@ -162,13 +158,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8"))
+    write_text(path, buf.getvalue())
     return path
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def run_study(s: StudySettings, log=print) -> dict[str, Any]:
@@ -193,13 +184,13 @@ def _run(plan: Plan, info: DistInfo, log) -> dict[str, Any]:
 
     if info.is_main:
         plan.out.mkdir(parents=True, exist_ok=True)
-        _check_settings(plan)
+        _check_settings(plan, write=True)
         for arm in plan.arms:
             if not plan.arm_path(arm).exists():
                 save_mobilenet(arm.spec, plan.arm_path(arm), f"mixconv study {plan.study}: arm {arm.name} ({arm.kind})")
     barrier(info)  # the other ranks read the arm files rank 0 wrote (a shared folder)
     if not info.is_main:
-        _check_settings(plan)
+        _check_settings(plan, write=False)
         log = _quiet
     rows: list[dict[str, Any]] = []
     runs = len(plan.arms) * len(plan.seeds)
@@ -219,7 +210,7 @@ def _run(plan: Plan, info: DistInfo, log) -> dict[str, Any]:
     if info.is_main:
         result["plot"] = str(plot_study(plan.study, rows, plan.out / f"{plan.study}.png"))
         text = claims_markdown(plan.study, claims)
-        atomic_write(plan.out / f"{plan.study}.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_text(plan.out / f"{plan.study}.md", text)
         write_json(plan.out / f"{plan.study}.json", {k: v for k, v in result.items() if k != "rows"})
         log(text)
     barrier(info)
@@ -232,7 +223,3 @@ def num_classes(run_dir: Path) -> int:
 
     _, extra = read_training_checkpoint(checkpoint_paths(run_dir, "last")[0])
     return int(extra.get("num_classes") or len(extra.get("classes", [])) or 1000)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -153,11 +153,12 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{tune}", flush=True)
     qat = ptq(train(args.data, out / "qat", pretrained=str(ckpt), qat=True, qat_activation=settings.activation_type,
                     qat_reduce_range=settings.reduce_range, **tune), out / "qat-int8.onnx", settings)
-    control = None
+    controls: dict[str, QuantizeReport] = {}
     if args.control:
-        print("control: the same fine-tune without QAT, then PTQ (same setting)", flush=True)
-        control = ptq(train(args.data, out / "control", pretrained=str(ckpt), **tune), out / "control-int8.onnx",
-                      settings)
+        for name, freeze in (("control", True), ("control-bn", False)):
+            print(f"{name}: the same fine-tune without QAT ({'BatchNorm frozen as under --qat' if freeze else 'BatchNorm training'}), then PTQ (same setting)", flush=True)
+            controls[name] = ptq(train(args.data, out / name, pretrained=str(ckpt), freeze_bn=freeze, **tune),
+                                 out / f"{name}-int8.onnx", settings)
     ref = next(r for r in rows if r["activation_type"] == settings.activation_type and
                r["reduce_range"] == settings.reduce_range)
     fp32, ptq_drop, qat_drop = ref["fp32_top1"], ref["drop"], ref["fp32_top1"] - qat.int8_top1
@@ -167,20 +168,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"  PTQ {r['activation_type']:5s} activations, {'7' if r['reduce_range'] else '8'}-bit weights: int8 "
               f"{r['int8_top1']:.2f} (drop {r['drop']:.2f})")
     print(f"  QAT model:   fp32 {qat.fp32_top1:.2f}, int8 {qat.int8_top1:.2f} (drop {qat_drop:.2f})")
-    if control is not None:
-        print(f"  control:     fp32 {control.fp32_top1:.2f}, int8 {control.int8_top1:.2f} "
-              f"(drop {fp32 - control.int8_top1:.2f})")
+    for name, c in controls.items():
+        print(f"  {name + ':':12s} fp32 {c.fp32_top1:.2f}, int8 {c.int8_top1:.2f} (drop {fp32 - c.int8_top1:.2f})")
     print(f"  PTQ drop {ptq_drop:5.2f} points   target > 1.0    {'met' if ptq_drop > 1.0 else 'NOT met'}")
     print(f"  QAT drop {qat_drop:5.2f} points   target <= 0.5   {'met' if qat_drop <= 0.5 else 'NOT met'}")
-    if control is not None:
-        c_drop = fp32 - control.int8_top1
-        print(f"  control  {c_drop:5.2f} points   target > 0.5    {'met' if c_drop > 0.5 else 'NOT met'} "
+    for name, c in controls.items():
+        c_drop = fp32 - c.int8_top1
+        print(f"  {name:10s}{c_drop:5.2f} points   target > 0.5    {'met' if c_drop > 0.5 else 'NOT met'} "
               "(the fine-tune alone does not recover)")
     summary = {"data": args.data, "float_checkpoint": str(ckpt), "ptq": rows,
                "setting": {"activation_type": settings.activation_type, "reduce_range": settings.reduce_range},
                "qat": {"fp32_top1": qat.fp32_top1, "int8_top1": qat.int8_top1},
-               "control": None if control is None else {"fp32_top1": control.fp32_top1,
-                                                        "int8_top1": control.int8_top1}, "tune": tune}
+               "controls": {k: {"fp32_top1": c.fp32_top1, "int8_top1": c.int8_top1} for k, c in controls.items()},
+               "tune": tune}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return 0
 

@@ -17,10 +17,13 @@ pytest.importorskip("onnxruntime")
 from mixconv.data.datasets import DigitsDataset  # noqa: E402
 from mixconv.files.onnx_metadata import read_metadata  # noqa: E402
 from mixconv.training.qat import (  # noqa: E402
+    QatCalibration,
+    calibrate_qat,
     fake_quant_weight,
     prepare_qat,
-    qat_observers,
+    qat_ranges,
     remove_qat,
+    set_qat_mode,
 )
 
 
@@ -159,34 +162,31 @@ def test_prepare_qat_keeps_the_state_dict_and_trains_through_fake_quant(tmp_path
     prepare_qat(model)
     assert list(model.state_dict()) == keys
     model.train()
-    model(x).sum().backward()  # observers see data; every weight gets a gradient through the rounding
+    with pytest.raises(RuntimeError, match="never calibrated"):
+        model(x)
+    assert calibrate_qat(model, [x[:2], x[2:]]) == 4 and model.training  # the train/eval mode is kept
+    model(x).sum().backward()  # every weight gets a gradient through the rounding
     assert all(p.grad is not None for p in model.parameters())
     assert all(isinstance(p, torch.nn.Parameter) for n, p in model.named_parameters())
-    obs = qat_observers(model)
-    assert "stem.conv" in obs and "classifier" in obs and float(obs["stem.conv"].scale) > 0
+    ranges = qat_ranges(model)
+    # one range per tensor ORT quantizes: input, BatchNorm outputs, ReLU, swish's sigmoid and product, the SE
+    # pool/convs/gate/product, the residual sum, the classifier's input and output
+    for name in ("input", "stem.act:out", "stages.1.0.expand.bn:out", "stages.0.0:out", "stages.1.0.se:pool", "stages.1.0.se.conv_reduce:out",
+                 "stages.1.0.se.gate:out", "stages.1.0.se:mul", "classifier:in", "classifier:out"):
+        assert name in ranges and ranges[name].calibrated, name
+    assert not any(n.startswith("stages.1.0:") for n in ranges)  # no residual in the stride-2 block
+    assert "stem.bn:out" not in ranges  # a conv output that only a ReLU reads is rounded once, after the ReLU
     model.eval()
     with torch.no_grad():
         fq = model(x)
+        set_qat_mode(model, "float")
+        flt = model(x)
+        set_qat_mode(model, "quantize")
         remove_qat(model)
         ref = model(x)
+    assert torch.allclose(flt, ref, atol=1e-5)  # float mode: the float model (up to summation order)
     assert not torch.equal(fq, ref) and torch.allclose(fq, ref, atol=0.1 * ref.abs().max().item() + 1e-3)
-    assert list(model.state_dict()) == keys and not qat_observers(model)
-
-
-def test_qat_simulates_int8_activations_and_reduced_range_weights_as_ort(tmp_path):
-    # ORT: --reduce-range weights in [-64, 64] with scale max|w| / 64; symmetric int8 activations in
-    # [-127, 127] with scale max|x| / 127 and zero point 0
-    w = torch.randn(4, 3, 3, 3)
-    scale = w.abs().flatten(1).amax(1)[:, None, None, None] / 64
-    assert torch.allclose(fake_quant_weight(w, reduce_range=True), (w / scale).round().clamp(-64, 64) * scale)
-    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
-    model = prepare_qat(mixconv.create_model(str(tmp_path / "tiny.yaml"), num_classes=4), "int8", True)
-    model.train()
-    model(torch.randn(4, 3, 32, 32) * 3 - 1)
-    stem = qat_observers(model)["stem.conv"]
-    lo, hi = float(stem.activation_post_process.min_val), float(stem.activation_post_process.max_val)
-    assert lo < 0 < hi and int(stem.zero_point) == 0
-    assert abs(float(stem.scale) - max(-lo, hi) / 127) < 1e-6 * max(-lo, hi)
+    assert list(model.state_dict()) == keys and not qat_ranges(model)
     with pytest.raises(ValueError, match="activation_type"):
         prepare_qat(mixconv.create_model(str(tmp_path / "tiny.yaml"), num_classes=4), "int4")
     from mixconv.deploy.quantize import ACTIVATION_TYPES
@@ -195,11 +195,79 @@ def test_qat_simulates_int8_activations_and_reduced_range_weights_as_ort(tmp_pat
     assert QAT_ACTIVATIONS == ACTIVATION_TYPES  # --qat-activation offers what `quantize --activation-type` does
 
 
+def test_fake_quant_weight_rounds_as_ort_reduce_range():
+    # ORT: --reduce-range weights in [-64, 64] with scale max|w| / 64
+    w = torch.randn(4, 3, 3, 3)
+    scale = w.abs().flatten(1).amax(1)[:, None, None, None] / 64
+    assert torch.allclose(fake_quant_weight(w, reduce_range=True), (w / scale).round().clamp(-64, 64) * scale)
+
+
+@pytest.mark.parametrize("act,reduce_range", [("uint8", False), ("int8", True)])
+def test_qat_simulates_the_int8_graph_ort_runs(trained, tmp_path, act, reduce_range):
+    """The simulation is ORT's int8 file tensor by tensor: as many rounded tensors, the same scales (both
+    calibrated on the same images), and logits much closer to ORT's int8 than the float model's are."""
+    from onnx import numpy_helper
+
+    from mixconv.data.datasets import image_batches, sample_subset
+    from mixconv.deploy.quantize import QuantizeSettings, data_splits
+    from mixconv.inference.ort import ort_session
+
+    root, ckpt, fp32 = trained
+    int8 = tmp_path / "int8.onnx"
+    mixconv.quantize_onnx(fp32, int8, settings=QuantizeSettings(calib_images=64, activation_type=act,
+                                                                reduce_range=reduce_range), verify=False)
+    calib, val = data_splits("digits", read_metadata(fp32), str(fp32))
+    model = mixconv.create_model(str(root / "tiny.yaml"), num_classes=10)
+    mixconv.load_pretrained(model, ckpt)
+    prepare_qat(model.eval(), act, reduce_range)
+    calibrate_qat(model, image_batches(sample_subset(calib, 64), 16))
+    graph = onnx.load(int8).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    ort_scales = sorted(float(inits[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear")
+    sim_scales = sorted(r.qparams(act)[0] for r in qat_ranges(model).values())
+    if act == "uint8":  # int8 keeps each ReLU and rounds its input with its output's range: one scale, twice
+        assert len(sim_scales) == len(ort_scales)
+    distinct = lambda scales: sorted({float(f"{s:.4g}") for s in scales})  # noqa: E731
+    assert len(distinct(sim_scales)) == len(distinct(ort_scales)) > 10
+    assert np.allclose(distinct(sim_scales), distinct(ort_scales), rtol=1e-3)
+    x = next(image_batches(sample_subset(val, 64, seed=1), 64))
+    ort_logits = torch.from_numpy(ort_session(int8, 1).run(None, {"input": x.numpy()})[0])
+    with torch.no_grad():
+        sim = model(x)
+        set_qat_mode(model, "float")
+        flt = model(x)
+    assert (sim - ort_logits).abs().mean() < 0.5 * (flt - ort_logits).abs().mean()
+
+
+def test_qat_calibration_recalibrates_on_schedule_and_keeps_frozen_batchnorm(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    model = prepare_qat(mixconv.create_model(str(tmp_path / "tiny.yaml"), num_classes=4))
+    calls = []
+    cal = QatCalibration(model, [torch.randn(2, 3, 32, 32)], every=3)
+    cal.calibrate = lambda: calls.append(1)  # type: ignore[method-assign]
+    for step in range(1, 8):
+        cal.before_step(step)
+    assert len(calls) == 3  # steps 1, 4, 7
+    model.train()
+    model.stem.bn.eval()
+    images = torch.utils.data.TensorDataset(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
+    QatCalibration(model, images).calibrate()
+    assert model.training and not model.stem.bn.training  # each module's mode restored, frozen BN too
+    with pytest.raises(ValueError, match="not prepared"):
+        QatCalibration(mixconv.create_model(str(tmp_path / "tiny.yaml"), num_classes=4), [])
+
+
 def test_train_qat_fine_tunes_a_checkpoint_that_quantizes(trained, tmp_path):
     root, ckpt, _ = trained
     summary = mixconv.train(None, **tiny_settings(str(root / "tiny.yaml"), "digits", tmp_path / "qat", epochs=1,
                                                   batch_size=128, lr_base_size=128, lr=0.001, qat=True,
                                                   pretrained=ckpt))
+    from mixconv.files.weights import read_training_checkpoint
+
+    before, after = read_training_checkpoint(ckpt)[0], read_training_checkpoint(summary["best_checkpoint"])[0]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)  # BatchNorm frozen under --qat
+    assert not torch.equal(before["stem.conv.weight"], after["stem.conv.weight"])
     out = tmp_path / "qat-int8.onnx"
     r = run_cli("quantize", "--checkpoint", summary["best_checkpoint"], "--output", str(out), "--calib-images",
                 "32", "--val-images", "60", "--speed-batches", "--max-drop", "100", "--min-agreement", "0")
@@ -209,6 +277,9 @@ def test_train_qat_fine_tunes_a_checkpoint_that_quantizes(trained, tmp_path):
     bad = run_cli("train", "--model", str(root / "tiny.yaml"), "--qat", "--compile", "--epochs", "1",
                   "--output", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--qat cannot be combined with --compile" in bad.stderr
+    bad = run_cli("train", "--model", str(root / "tiny.yaml"), "--qat", "--ema-decay", "0.99", "--epochs", "1",
+                  "--output", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--qat cannot be combined with --ema-decay" in bad.stderr
 
 
 def test_benchmark_runtime_onnxruntime_smoke(trained):

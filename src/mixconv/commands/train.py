@@ -14,6 +14,8 @@ _MODEL = (
     ("--bn-momentum", float, "BatchNorm momentum, PyTorch convention (TF's 0.99 is 0.01)"),
     ("--qat-activation", str, "with --qat: uint8 (default) or int8 activations, as `mixconv quantize "
                               "--activation-type` will quantize them"),
+    ("--qat-calib-images", int, "with --qat: training images the activation ranges are calibrated on, as "
+                                "`mixconv quantize --calib-images` (default 256)"),
 )
 _DATA = (
     ("--data", str, "built in: 'digits' (10 classes) or 'digit-pairs' (100 classes, harder; its own recipe "
@@ -57,6 +59,8 @@ _RUNTIME = (
 _BOOLS = (
     ("--deterministic", "deterministic algorithms (for exact resume/replay)"),
     ("--freeze-backbone", "train the classifier only"),
+    ("--freeze-bn", "BatchNorm normalizes with its running statistics and does not update them (always on with "
+                    "--qat)"),
     ("--qat", "quantization-aware fine-tuning (int8 fake quantization as onnxruntime's; start from --pretrained, "
               "then `mixconv quantize --checkpoint`)"),
     ("--qat-reduce-range", "with --qat: 7-bit weights, as `mixconv quantize --reduce-range`"),

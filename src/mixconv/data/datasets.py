@@ -10,7 +10,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -269,6 +269,22 @@ def collate_skip(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, int]
     images = torch.stack([torch.as_tensor(b[0]) for b in good])
     targets = torch.tensor([b[1] for b in good], dtype=torch.long)
     return images, targets, skipped
+
+
+def sample_subset(ds: Dataset, n: int, seed: int = 0) -> Dataset:
+    """``n`` images of ``ds`` chosen at random with a fixed seed (every class represented); all of ``ds`` when
+    it has no more. ``mixconv quantize`` calibrates on ``sample_subset(train, N)`` and ``--qat`` on the same."""
+    if n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return torch.utils.data.Subset(ds, sorted(idx))
+
+
+def image_batches(ds: Dataset, batch_size: int) -> Iterator[torch.Tensor]:
+    """The readable images of ``ds`` in order, ``batch_size`` at a time (labels dropped)."""
+    for images, _targets, _skipped in torch.utils.data.DataLoader(ds, batch_size, collate_fn=collate_skip):
+        if images is not None:
+            yield images
 
 
 class ShardSampler(torch.utils.data.Sampler):

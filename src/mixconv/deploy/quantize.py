@@ -28,8 +28,9 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
+from mixconv.data.datasets import image_batches, sample_subset
 from mixconv.deploy.densify import MAX_ZEROS, densify_grouped_pointwise
 from mixconv.files.config import ConfigError
 from mixconv.files.onnx_metadata import OnnxMetadata, read_metadata, write_metadata
@@ -138,22 +139,6 @@ def data_splits(data: str, meta: OnnxMetadata, source: str) -> tuple[Dataset, Da
     return build_dataset(data, "train", transform, meta.val_fraction), val
 
 
-def _sample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
-    """``n`` images of ``ds`` chosen at random (fixed seed), so that every class is represented."""
-    if n >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    return Subset(ds, sorted(idx))
-
-
-def _batches(ds: Dataset, batch_size: int) -> Iterator[torch.Tensor]:
-    from mixconv.data.datasets import collate_skip
-
-    for images, _targets, _skipped in DataLoader(ds, batch_size, collate_fn=collate_skip):
-        if images is not None:
-            yield images
-
-
 def quantize_onnx(
     model: str | Path,
     output: str | Path,
@@ -208,7 +193,7 @@ def quantize_onnx(
         quant_pre_process(str(model), str(pre))
         if settings.dense_max_zeros > 0:
             densify_grouped_pointwise(pre, pre, settings.dense_max_zeros)
-        reader = _Reader(input_name, _batches(_sample(calib_ds, settings.calib_images), 16))
+        reader = _Reader(input_name, image_batches(sample_subset(calib_ds, settings.calib_images), 16))
         atomic_write(output, lambda out: quantize_static(
             str(pre), out, reader, quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
             reduce_range=settings.reduce_range, activation_type=act, weight_type=QuantType.QInt8,
@@ -216,9 +201,9 @@ def quantize_onnx(
     write_metadata(output, meta)  # quantization drops the model-level metadata: the int8 file keeps it
     if not verify:
         return None
-    report = verify_int8(model, output, _sample(val_ds, val_images or len(val_ds)), speed_batches)
+    report = verify_int8(model, output, sample_subset(val_ds, val_images or len(val_ds)), speed_batches)
     if not report.within(max_drop, min_agreement):
-        report.sensitivity = sensitivity(model, output, _sample(calib_ds, min(settings.calib_images, 32), seed=1),
+        report.sensitivity = sensitivity(model, output, sample_subset(calib_ds, min(settings.calib_images, 32), seed=1),
                                          input_name)
     return report
 
@@ -328,7 +313,7 @@ def sensitivity(fp32: str | Path, int8: str | Path, ds: Dataset, input_name: str
         for path, name in ((fp32, "fp32"), (int8, "int8")):
             aug = Path(tmp) / f"{name}.onnx"
             dbg.modify_model_output_intermediate_tensors(str(path), str(aug), save_as_external_data=False)
-            acts.append(dbg.collect_activations(str(aug), _Reader(input_name, _batches(ds, 8))))
+            acts.append(dbg.collect_activations(str(aug), _Reader(input_name, image_batches(ds, 8))))
     matched = dbg.create_activation_matching(acts[1], acts[0])
     errors = dbg.compute_activation_error(matched)
     rows = [(name, float(e.get("qdq_err", math.inf)), float(e.get("xmodel_err", math.inf)))

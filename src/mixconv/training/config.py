@@ -38,8 +38,10 @@ class TrainConfig:
     qat: bool = False  # quantization-aware training (fake int8 as onnxruntime's); fine-tune from --pretrained
     qat_activation: str = "uint8"  # the activations `mixconv quantize --activation-type` will use: uint8 or int8
     qat_reduce_range: bool = False  # 7-bit weights, as `mixconv quantize --reduce-range`
+    qat_calib_images: int = 256  # the activation ranges' calibration images, as `mixconv quantize --calib-images`
     drop_rate: Optional[float] = None  # None: the variant's
     drop_path_rate: float = 0.0
+    freeze_bn: bool = False  # BatchNorm normalizes with its running statistics and keeps them (always with --qat)
     bn_momentum: Optional[float] = None  # PyTorch convention (TF 0.99 == 0.01 here); None: keep 0.1
     # data
     data: str = "digits"
@@ -103,6 +105,7 @@ class TrainConfig:
             ("auto_augment", self.auto_augment in AUTO_AUGMENTS, f"one of {', '.join(AUTO_AUGMENTS)}"),
             ("interpolation", self.interpolation in (None,) + INTERPOLATIONS, f"one of {', '.join(INTERPOLATIONS)}"),
             ("epochs", self.epochs >= 1, "an int >= 1"),
+            ("qat_calib_images", self.qat_calib_images >= 1, "an int >= 1"),
             ("batch_size", self.batch_size >= 1, "an int >= 1"),
             ("accum_steps", self.accum_steps >= 1, "an int >= 1"),
             ("workers", self.workers >= 0, "an int >= 0"),

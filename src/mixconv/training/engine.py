@@ -28,6 +28,7 @@ class StepSettings:
     clip_grad: Optional[float] = None
     channels_last: bool = False
     log_interval: int = 10
+    freeze_bn: bool = False  # BatchNorm in eval mode while training (running statistics, not updated)
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,17 @@ def train_one_epoch(
     ema: Optional[nn.Module] = None,
     batch_mix: Optional[Callable] = None,
     desc: str = "",
+    before_step: Optional[Callable[[int], None]] = None,
 ) -> TrainStats:
-    """Train for one pass over ``loader``; returns the mean loss over all ranks, throughput and skips."""
+    """Train for one pass over ``loader``; returns the mean loss over all ranks, throughput and skips.
+
+    ``before_step(i)`` runs before the forward pass of batch ``i`` (1-based), e.g. QAT's recalibration."""
     model.train()
     unwrapped = getattr(model, "module", model)
+    if settings.freeze_bn:
+        for m in unwrapped.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()  # its affine weights still train
     device = info.device
     progress = Progress(len(loader), desc or f"epoch {epoch}", info.is_main, settings.log_interval)
     loss_sum, n_images, skipped, step_in_accum = 0.0, 0, 0, 0
@@ -77,6 +85,8 @@ def train_one_epoch(
         hard_targets = targets
         if batch_mix is not None:
             images, targets = batch_mix(images, targets)
+        if before_step is not None:
+            before_step(i)
         step_in_accum += 1
         do_step = step_in_accum == settings.accum_steps or i == n_batches
         sync = contextlib.nullcontext() if do_step or not hasattr(model, "no_sync") else model.no_sync()

@@ -371,6 +371,7 @@ class Trainer:
     peak_lr: float
     rs: RunState
     saved_epoch: int = 0  # the epoch of the checkpoint on disk
+    qat: Optional[Any] = None  # --qat: the QatCalibration that keeps the model's int8 ranges ORT's
 
     @property
     def eval_model(self) -> nn.Module:
@@ -399,8 +400,13 @@ def _setup(cfg: TrainConfig, info: DistInfo, out_dir: Path) -> Trainer:
     optimizer = create_optimizer(model, cfg, peak_lr)
     scheduler = create_scheduler(optimizer, cfg, peak_lr, math.ceil(len(train_loader) / cfg.accum_steps))
     scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
-    return Trainer(cfg, info, out_dir, pre, classes, model, model, ema, optimizer, scheduler, scaler, train_loader,
-                   val_loader, sampler, generator, peak_lr, RunState())
+    t = Trainer(cfg, info, out_dir, pre, classes, model, model, ema, optimizer, scheduler, scaler, train_loader,
+                val_loader, sampler, generator, peak_lr, RunState())
+    if cfg.qat:
+        from mixconv.training.qat import qat_calibration
+
+        t.qat = qat_calibration(model, cfg, pre, info.device)
+    return t
 
 
 def _restore(t: Trainer, saved: dict[str, Any]) -> None:
@@ -521,7 +527,7 @@ def _finish(t: Trainer) -> dict[str, Any]:
 
 
 def _one_epoch(t: Trainer, epoch: int) -> dict[str, Any]:
-    """Train, evaluate (fp32, the weights that are saved) and checkpoint epoch ``epoch`` (0-based)."""
+    """Train, evaluate (no autocast; under --qat, as simulated int8) and checkpoint epoch ``epoch`` (0-based)."""
     cfg, info = t.cfg, t.info
     # Every epoch's randomness derives from (seed, epoch, rank): a resumed run replays it exactly.
     seed_everything(cfg.seed + 1000 * (epoch + 1) + info.rank)
@@ -529,15 +535,21 @@ def _one_epoch(t: Trainer, epoch: int) -> dict[str, Any]:
     if t.sampler is not None:
         t.sampler.set_epoch(epoch)
     desc = f"epoch {epoch + 1}/{cfg.epochs}"
-    settings = StepSettings(cfg.amp, cfg.accum_steps, cfg.clip_grad, cfg.channels_last, cfg.log_interval)
+    # --qat freezes BatchNorm: training then computes what the int8 file will (BatchNorm folded with its
+    # running statistics); with batch statistics the fine-tune did not improve the int8 model at all.
+    settings = StepSettings(cfg.amp, cfg.accum_steps, cfg.clip_grad, cfg.channels_last, cfg.log_interval,
+                            cfg.freeze_bn or cfg.qat)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     try:
         ts = train_one_epoch(t.train_model, criterion, t.optimizer, t.scheduler, t.train_loader, epoch + 1, info,
-                             settings, t.scaler, t.ema, _batch_mix(cfg, len(t.classes)), desc=desc)
+                             settings, t.scaler, t.ema, _batch_mix(cfg, len(t.classes)), desc=desc,
+                             before_step=t.qat.before_step if t.qat is not None else None)
     except NonFiniteLossError as e:
         kept = f"the last good checkpoint is intact: {t.path('last')}" if t.rs.epoch else "no checkpoint was written yet"
         raise TrainingError(f"{e}: stopping ({kept}); lower --lr or enable --clip-grad") from None
     sync_buffers(t.eval_model, info)
+    if t.qat is not None:  # evaluated as int8 (simulated) with the ranges ORT will calibrate from these weights
+        t.qat.calibrate()
     vs = evaluate(t.eval_model, t.val_loader, info, "none", cfg.channels_last, desc=f"{desc} val",
                   log_interval=cfg.log_interval)
     row = {"epoch": epoch + 1, "train_loss": round(ts.loss, 6), "val_loss": round(vs.loss, 6),

@@ -1,37 +1,50 @@
-"""Quantization-aware fine-tuning with fake quantization that matches onnxruntime's int8 scheme.
+"""Quantization-aware fine-tuning that simulates onnxruntime's int8 graph tensor by tensor.
 
-``prepare_qat(model)`` makes a float MixNet train through int8 rounding, in place, without changing its
-modules' names or its state dict (a QAT checkpoint is an ordinary float checkpoint, which `mixconv quantize`
-then turns into the int8 ONNX file ORT runs):
+``mixconv quantize`` (static QDQ quantization, :mod:`mixconv.deploy.quantize`) rounds every weight and every
+activation tensor of the exported graph, with ranges calibrated (MinMax) on a sample of training images. QAT
+is only useful if training sees the same rounding, so :func:`prepare_qat` makes a float model compute through:
 
-- every conv and linear computes with its weight fake-quantized per output channel, symmetric int8 in
-  [-127, 127] with ``scale = max|w| / 127`` (``torch.fake_quantize_per_channel_affine``): exactly the integers
-  ORT's per-channel symmetric quantization gives the exported, BatchNorm-folded weight, because folding
-  scales each output channel by a constant, to which per-channel symmetric rounding is blind;
-- every conv and linear input is fake-quantized to uint8 with an asymmetric per-tensor scale from a moving
-  average of its min/max (``torch.ao.quantization.FakeQuantize`` with ``MovingAverageMinMaxObserver``): what
-  ORT's MinMax calibration computes for the same tensors. ``prepare_qat(model, "int8", reduce_range=True)``
-  simulates ``mixconv quantize --activation-type int8 --reduce-range`` instead: symmetric int8 activations in
-  [-127, 127] (scale ``max|x| / 127``) and 7-bit weights in [-64, 64] (``mixconv train --qat-activation int8
-  --qat-reduce-range``). ORT also quantizes the outputs of the elementwise ops
-  (swish, the SE gate multiply, residual adds); those small errors are not simulated.
+- **weights**: every conv and linear weight fake-quantized per output channel, symmetric int8 in [-127, 127]
+  (``--reduce-range``: [-64, 64]) with ``scale = max|w| / qmax``: the integers ORT gives the exported,
+  BatchNorm-folded weight (folding scales each output channel by a constant, to which per-channel symmetric
+  rounding is blind);
+- **activations**: each tensor ORT quantizes, once, where it is produced: the network input, every conv
+  output after its BatchNorm (the folded conv's output), the outputs of the SE convs (which have a bias and no
+  BatchNorm), of ReLU, of swish's sigmoid and of its product, of the SE pool, gate and product, of each
+  residual sum, the classifier's input and its logits. Per tensor, uint8 asymmetric or int8 symmetric
+  (``[-127, 127]``), with ORT's scale and zero point formulas.
 
-Gradients pass straight through the rounding (the straight-through estimator). MixConvs run their per-group
-reference path so that every group's weight is fake-quantized.
+The activation ranges are not learned: :func:`calibrate_qat` sets them as ORT's MinMax calibration does (the
+float model, eval mode, min and max over the calibration images), and they stay frozen while training.
+``mixconv train --qat`` recalibrates at the start of each epoch and every ``QAT_RECALIBRATE_STEPS`` steps on
+the images ``mixconv quantize`` will calibrate on, so the ranges the model is trained under are the ranges it
+is deployed with. (Moving-average ranges, tried first, let the model learn to rely on clipping that ORT's
+MinMax ranges then do not do: the int8 file lost 20 points.)
+
+Gradients pass straight through the rounding (and are zero where a value is clipped). The hooks and the
+ranges are kept out of the state dict: a QAT checkpoint is an ordinary float checkpoint, which `mixconv
+quantize` turns into the int8 file. MixConvs run their per-group path so that each group's weight is rounded
+with its own channels' scales (as the merged, zero-padded kernel ORT receives is).
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
-from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 
 from mixconv.files.config import ConfigError
 from mixconv.layers.mixed_conv import MixConv2d
+from mixconv.layers.squeeze_excite import SqueezeExcite
 from mixconv.training.config import QAT_ACTIVATIONS as ACTIVATION_TYPES
 
-_STATE = "_mixconv_qat"  # attribute on each prepared module: (activation fake-quant, hook handles)
+MODES = ("float", "calibrate", "quantize")
+QAT_RECALIBRATE_STEPS = 50  # training steps between recalibrations of the activation ranges
+_STATE = "_mixconv_qat"  # attribute on the prepared model: its QatState
+_PARAM = "_mixconv_qat_param"
 
 
 def fake_quant_weight(w: torch.Tensor, reduce_range: bool = False) -> torch.Tensor:
@@ -41,88 +54,271 @@ def fake_quant_weight(w: torch.Tensor, reduce_range: bool = False) -> torch.Tens
     amax = w.detach().flatten(1).abs().amax(1).float().clamp_min(1e-12)
     scale = amax / qmax
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax, qmax)
+    return torch.fake_quantize_per_channel_affine(w.float(), scale, zero, 0, -qmax, qmax).to(w.dtype)
 
 
-def _activation_fake_quant(activation_type: str = "uint8") -> FakeQuantize:
-    if activation_type == "int8":  # ORT's symmetric int8 activations: [-127, 127], scale max|x| / 127, zero 0
-        return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
-                            qscheme=torch.per_tensor_symmetric, averaging_constant=0.01)
-    return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
-                        qscheme=torch.per_tensor_affine, averaging_constant=0.01)
+@dataclass
+class TensorRange:
+    """The calibrated range of one activation tensor, and the int8 parameters ORT derives from it."""
+
+    lo: float = math.inf
+    hi: float = -math.inf
+
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = torch.aminmax(x.detach().float())
+        self.lo, self.hi = min(self.lo, float(lo)), max(self.hi, float(hi))
+
+    @property
+    def calibrated(self) -> bool:
+        return self.lo <= self.hi
+
+    def qparams(self, activation_type: str) -> tuple[float, int, int, int]:
+        """(scale, zero point, qmin, qmax) as onnxruntime's ``compute_scale_zp`` (zero always representable)."""
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if activation_type == "int8":  # symmetric, [-127, 127], zero point 0
+            scale = max(-lo, hi) / 127.0
+            return (scale, 0, -127, 127) if scale > 0 else (1.0, 0, -127, 127)
+        scale = (hi - lo) / 255.0
+        if scale <= 0:
+            return 1.0, 0, 0, 255
+        return scale, int(min(255, max(0, round(-lo / scale)))), 0, 255
 
 
-def _pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    fq, _handles, reduce_range = getattr(module, _STATE)
-    x = args[0]
-    if fq.scale.device != x.device:
-        fq.to(x.device)
-    # Swap the weight parameter for its fake-quantized value for the duration of this call; the optimizer and
-    # the state dict keep seeing the parameter, which receives the gradient through the swap.
-    param = module._parameters["weight"]
-    module._parameters["weight"] = None  # kept in place (not popped): the parameter order must not change
-    module.__dict__["_mixconv_qat_param"] = param  # not setattr: that would register it as a parameter
-    module.__dict__["weight"] = fake_quant_weight(param, reduce_range)
-    return (fq(x.float()).to(x.dtype), *args[1:])
+@dataclass
+class QatState:
+    """What :func:`prepare_qat` attached to a model: the settings, one range per quantized tensor, the mode."""
+
+    activation_type: str
+    reduce_range: bool
+    mode: str = "quantize"
+    ranges: dict[str, TensorRange] = field(default_factory=dict)
+    handles: list[Any] = field(default_factory=list)
+    patched: list[nn.Module] = field(default_factory=list)  # modules whose forward was replaced
+
+    def act(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The activation tensor ``name`` as the current mode sees it (observed, rounded or untouched)."""
+        if self.mode == "float":
+            return x
+        r = self.ranges.setdefault(name, TensorRange())
+        if self.mode == "calibrate":
+            r.observe(x)
+            return x
+        if not r.calibrated:
+            raise RuntimeError(f"QAT: the range of {name} was never calibrated; call calibrate_qat(model, images) "
+                               "before training or evaluating in quantize mode")
+        scale, zero, qmin, qmax = r.qparams(self.activation_type)
+        return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, qmin, qmax).to(x.dtype)
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        return w if self.mode != "quantize" else fake_quant_weight(w, self.reduce_range)
 
 
-def _post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-    _restore(module)
-    return output
+def _swap_weight(st: QatState, m: nn.Module) -> None:
+    # The parameter is swapped for its rounded value for the duration of one call; the optimizer and the state
+    # dict keep seeing the parameter, which receives the gradient through the swap.
+    param = m._parameters["weight"]
+    m._parameters["weight"] = None  # kept in place (not popped): the parameter order must not change
+    m.__dict__[_PARAM] = param  # not setattr: that would register it as a parameter
+    m.__dict__["weight"] = st.weight(param)
 
 
-def _restore(module: nn.Module) -> None:
-    param = module.__dict__.pop("_mixconv_qat_param", None)
+def _restore_weight(m: nn.Module) -> None:
+    param = m.__dict__.pop(_PARAM, None)
     if param is not None:
-        module.__dict__.pop("weight", None)
-        module._parameters["weight"] = param
+        m.__dict__.pop("weight", None)
+        m._parameters["weight"] = param
+
+
+def _hook_weighted(st: QatState, name: str, m: nn.Module, quant_out: bool) -> None:
+    """Conv/linear: the weight rounded per call; a linear's input rounded, and the output where
+    ``quant_out``."""
+    quant_in = isinstance(m, nn.Linear)
+
+    def pre(mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        _swap_weight(st, mod)
+        return (st.act(f"{name}:in", args[0]), *args[1:]) if quant_in else args
+
+    def post(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+        _restore_weight(mod)
+        return st.act(f"{name}:out", out) if quant_out else out
+
+    st.handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post, always_call=True)]
+
+
+def _output_hook(st: QatState, name: str, m: nn.Module) -> None:
+    st.handles.append(m.register_forward_hook(lambda _m, _a, out: st.act(f"{name}:out", out)))
+
+
+def _patch(st: QatState, m: nn.Module, forward: Callable[..., torch.Tensor]) -> None:
+    m.forward = types.MethodType(forward, m)  # an instance attribute: the class's forward is untouched
+    st.patched.append(m)
+
+
+def _patch_silu(st: QatState, name: str, m: nn.Module) -> None:
+    # ORT runs swish as Sigmoid and Mul and rounds both outputs.
+    _patch(st, m, lambda _self, x: st.act(f"{name}:mul", x * st.act(f"{name}:sigmoid", torch.sigmoid(x))))
+
+
+def _patch_se(st: QatState, name: str, m: SqueezeExcite) -> None:
+    def forward(self: SqueezeExcite, x: torch.Tensor) -> torch.Tensor:
+        s = st.act(f"{name}:pool", x.mean((2, 3), keepdim=True))
+        return st.act(f"{name}:mul", x * self.gate(self.conv_expand(self.act(self.conv_reduce(s)))))
+
+    _patch(st, m, forward)
+
+
+def _relu_inputs(model: nn.Module) -> set[str]:
+    """Modules whose output only a ReLU (or ReLU6, a Clip) reads. ORT quantizes such a tensor with the ReLU
+    output's range (``adjust_tensor_ranges``) and, with uint8 activations, removes the ReLU
+    (``QDQRemovableActivation``): either way the values are those of one rounding after the ReLU."""
+    relus = (nn.ReLU, nn.ReLU6)
+    out = set()
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        norm, act = getattr(m, "bn", None), getattr(m, "act", None)
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and isinstance(act, relus):
+            out.add(prefix + "bn")  # conv-norm-act
+        if isinstance(m, SqueezeExcite) and isinstance(m.act, relus):
+            out.add(prefix + "conv_reduce")
+    return out
 
 
 def prepare_qat(model: nn.Module, activation_type: str = "uint8", reduce_range: bool = False) -> nn.Module:
-    """Fake-quantize ``model`` (in place) for quantization-aware training; returns it. See the module doc.
+    """Make ``model`` compute through ORT's int8 rounding (in place; see the module doc); returns it.
 
     ``activation_type`` and ``reduce_range`` are those ``mixconv quantize`` will use (``--activation-type``,
-    ``--reduce-range``): uint8 (asymmetric) or int8 (symmetric) activations; 8-bit or 7-bit weights.
+    ``--reduce-range``). The model must be calibrated (:func:`calibrate_qat`) before it runs in quantize mode.
     """
     if activation_type not in ACTIVATION_TYPES:
         raise ValueError(f"activation_type: got {activation_type!r}; expected one of {', '.join(ACTIVATION_TYPES)}")
-    if any(hasattr(m, _STATE) for m in model.modules()):
+    if hasattr(model, _STATE):
         raise ValueError("the model is prepared for QAT already")
-    for m in model.modules():
+    st = QatState(activation_type, reduce_range)
+    st.handles.append(model.register_forward_pre_hook(lambda _m, args: (st.act("input", args[0]), *args[1:])))
+    merged = _relu_inputs(model)
+    for name, m in list(model.named_modules()):
         if isinstance(m, MixConv2d):
             m.impl = "split"  # one conv per group: each group's weight goes through its own hook
-    for m in list(model.modules()):
         if isinstance(m, (nn.Conv2d, nn.Linear)) and isinstance(m.weight, nn.Parameter):
-            fq = _activation_fake_quant(activation_type).to(m.weight.device)
-            handles = (m.register_forward_pre_hook(_pre_hook), m.register_forward_hook(_post_hook, always_call=True))
-            # Not a registered submodule: the observers stay out of the state dict (an ordinary checkpoint).
-            object.__setattr__(m, _STATE, (fq, handles, reduce_range))
+            # outputs of linears and of biased convs (the SE convs, the classifier: nothing normalizes them)
+            out = (isinstance(m, nn.Linear) or m.bias is not None) and name not in merged
+            _hook_weighted(st, name, m, out)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if name not in merged:
+                _output_hook(st, name, m)
+        elif isinstance(m, (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardswish)):
+            _output_hook(st, name, m)
+        elif isinstance(m, nn.SiLU):
+            _patch_silu(st, name, m)
+        elif isinstance(m, SqueezeExcite):
+            _patch_se(st, name, m)
+        if getattr(m, "has_skip", False) is True:  # an inverted-residual block: its output is the residual sum
+            _output_hook(st, name, m)
+    object.__setattr__(model, _STATE, st)  # not a submodule: nothing of it enters the state dict
     return model
+
+
+def qat_state(model: nn.Module) -> Optional[QatState]:
+    """The :class:`QatState` of a prepared model (unwrapping DDP/compile wrappers), or None."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, _STATE, None)
+
+
+def _require(model: nn.Module) -> QatState:
+    st = qat_state(model)
+    if st is None:
+        raise ValueError("the model is not prepared for QAT (call prepare_qat first)")
+    return st
+
+
+def set_qat_mode(model: nn.Module, mode: str) -> None:
+    """``float`` (hooks pass everything through), ``calibrate`` (observe ranges) or ``quantize``."""
+    if mode not in MODES:
+        raise ValueError(f"mode: got {mode!r}; expected one of {', '.join(MODES)}")
+    _require(model).mode = mode
+
+
+@torch.no_grad()
+def calibrate_qat(model: nn.Module, images: Iterable[torch.Tensor], device: Optional[torch.device] = None) -> int:
+    """Set every activation range as ORT's MinMax calibration would: the float model in eval mode over
+    ``images`` (batches); then back to quantize mode and the model's previous train/eval mode. Returns the
+    number of images seen."""
+    st = _require(model)
+    modes, seen = {m: m.training for m in model.modules()}, 0  # restored one by one: BatchNorm may be frozen
+    st.ranges.clear()
+    st.mode = "calibrate"
+    model.eval()
+    try:
+        for batch in images:
+            model(batch.to(device) if device is not None else batch)
+            seen += len(batch)
+    finally:
+        st.mode = "quantize"
+        for m, training in modes.items():
+            m.training = training
+    if not seen:
+        raise ValueError("calibrate_qat: no calibration images")
+    return seen
 
 
 def remove_qat(model: nn.Module) -> nn.Module:
     """Undo :func:`prepare_qat` (in place): plain float modules again; returns ``model``."""
-    for m in model.modules():
-        state = m.__dict__.pop(_STATE, None)
-        if state is not None:
-            for h in state[1]:
-                h.remove()
-            _restore(m)
+    st = model.__dict__.pop(_STATE, None)
+    if st is not None:
+        for h in st.handles:
+            h.remove()
+        for m in st.patched:
+            m.__dict__.pop("forward", None)
+        for m in model.modules():
+            _restore_weight(m)
     return model
 
 
-def qat_observers(model: nn.Module) -> dict[str, FakeQuantize]:
-    """The activation fake-quant of each prepared module, by module name (their ``scale``/``zero_point`` are
-    the learned uint8 input ranges)."""
-    return {name: m.__dict__[_STATE][0] for name, m in model.named_modules() if _STATE in m.__dict__}
+def qat_ranges(model: nn.Module) -> dict[str, TensorRange]:
+    """The calibrated activation ranges of a prepared model, by tensor name (``module:role``)."""
+    st = qat_state(model)
+    return {} if st is None else dict(st.ranges)
+
+
+class QatCalibration:
+    """Keeps a prepared model's activation ranges those ORT will calibrate: :meth:`calibrate` on ``images``
+    (the dataset ``mixconv quantize`` calibrates on), also every ``every`` steps through :meth:`before_step`."""
+
+    def __init__(self, model: nn.Module, images: Any, device: Optional[torch.device] = None,
+                 every: int = QAT_RECALIBRATE_STEPS) -> None:
+        _require(model)
+        self.model, self.images, self.device, self.every = model, images, device, every
+
+    def calibrate(self) -> None:
+        from mixconv.data.datasets import image_batches
+
+        calibrate_qat(self.model, image_batches(self.images, 32), self.device)
+
+    def before_step(self, step: int) -> None:
+        """The training loop's hook: recalibrate before steps 1, 1 + every, ... of each epoch."""
+        if (step - 1) % self.every == 0:
+            self.calibrate()
+
+
+def qat_calibration(model: nn.Module, cfg: Any, pre: Any, device: torch.device) -> QatCalibration:
+    """The calibration ``mixconv quantize`` will do for a run's checkpoint: ``cfg.qat_calib_images`` training
+    images (the same sample) with the eval preprocessing ``pre``."""
+    from mixconv.data.datasets import build_dataset, eval_transform, sample_subset
+
+    ds = build_dataset(cfg.data, "train", eval_transform(pre), cfg.val_fraction)
+    return QatCalibration(model, sample_subset(ds, cfg.qat_calib_images), device)
 
 
 def setup_qat(model: nn.Module, cfg: Any) -> nn.Module:
-    """The ``mixconv train --qat`` hook: check the settings, then :func:`prepare_qat`."""
+    """The ``mixconv train --qat`` hook: check the settings, then :func:`prepare_qat` (the training loop
+    calibrates it before the first step: :func:`qat_calibration`)."""
     import warnings
 
     if cfg.compile:
         raise ConfigError("--qat cannot be combined with --compile (the fake-quant hooks swap weights per call)")
+    if cfg.ema_decay > 0:
+        raise ConfigError("--qat cannot be combined with --ema-decay (the int8 file is made from the trained "
+                          "weights, whose ranges QAT calibrates; an average of them was never calibrated)")
     if not cfg.pretrained:
         warnings.warn("--qat without --pretrained trains from scratch through fake quantization; QAT is meant "
                       "to fine-tune a trained float checkpoint for a few epochs at a low learning rate",

@@ -250,3 +250,27 @@ def test_imagenet_recipes_run(recipe, tiny_model, image_folder, tmp_path):
     for key in ("opt", "sched", "lr", "weight_decay", "label_smoothing", "ema_decay", "mixup", "auto_augment"):
         if key in expected:
             assert saved[key] == expected[key], key
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_train_one_epoch_freeze_bn_keeps_running_statistics(freeze_bn):
+    """``--freeze-bn`` (and ``--qat``): BatchNorm normalizes with its running statistics and keeps them, while
+    its affine weights and the convs still train."""
+    from mixconv.inference.distributed import DistInfo
+    from mixconv.training.engine import StepSettings, train_one_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2))
+    model.eval()(torch.randn(2, 3, 6, 6))  # materializes the lazy linear; eval: no statistics recorded
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    batches = [(torch.randn(8, 3, 6, 6) * 3 + 1, torch.randint(0, 2, (8,)), 0) for _ in range(3)]
+    train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, sched, batches, 1, DistInfo(),
+                    StepSettings(freeze_bn=freeze_bn, log_interval=1000))
+    after = model.state_dict()
+    assert torch.equal(before["1.running_mean"], after["1.running_mean"]) == freeze_bn
+    assert int(after["1.num_batches_tracked"]) == (0 if freeze_bn else 3)
+    assert not torch.equal(before["1.weight"], after["1.weight"])
+    assert not torch.equal(before["0.weight"], after["0.weight"])

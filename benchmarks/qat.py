@@ -28,8 +28,8 @@ Measured (2-core Xeon, AVX-512/VNNI/AMX, torch 2.14.1, onnxruntime 1.32; 2,000 v
 model scores 71.45; PTQ loses 0.85 (uint8, 8-bit weights), 1.25 (uint8, 7-bit), 0.75 (int8, 8-bit) and 1.35
 points (int8, 7-bit: the setting taken). QAT: int8 71.40, 72.00, 71.25 (seeds 0-2; mean drop -0.10:
 recovered); the control with BatchNorm frozen: int8 70.35, 71.35, 70.65 (mean drop 0.67); with BatchNorm
-training: 65.75, 66.75, 66.90. The reference for every target is the FLOAT model's fp32 top-1. Checkpoints are the runs' last epochs,
-never chosen on the validation set. Every step uses the API the CLI uses (``mixconv.train``, ``mixconv.deploy``).
+training: 65.75, 66.75, 66.90. The reference for every target is the FLOAT model's fp32 top-1. Checkpoints are
+the runs' last epochs, never chosen on the validation set. Every step uses the API the CLI uses (``mixconv.train``, ``mixconv.deploy``).
 """
 from __future__ import annotations
 
@@ -50,11 +50,12 @@ from mixconv.kernels.capability import cpu_info
 # and 32 px every PTQ setting kept top-1 within 0.15 points; MobileNetV1 x0.5 and MixNet-S x0.35 (32 px) within
 # 0.6; x0.25 at 16 px lost 1.25-1.8.
 PAIRS_WIDTH, PAIRS_SIZE = 0.25, 16
+PAIRS_TUNE = {"epochs": 2, "lr": 2e-4, "warmup_epochs": 0.0}
 RECIPES = {  # the float model's training, and the QAT/control fine-tune, per task
-    "digit-pairs": {"float": {"img_size": PAIRS_SIZE}, "tune": {"epochs": 2, "lr": 2e-4, "warmup_epochs": 0.0},
+    "digit-pairs": {"float": {"img_size": PAIRS_SIZE}, "tune": PAIRS_TUNE,
                     # the float model ends with the fine-tune's own settings, BatchNorm frozen (as --qat has it):
                     # that fine-tune alone adds ~3 fp32 points here, which must not be credited to QAT
-                    "settle": {"epochs": 2, "lr": 2e-4, "warmup_epochs": 0.0, "freeze_bn": True}},
+                    "settle": {**PAIRS_TUNE, "freeze_bn": True}},
     "digits": {"float": {"img_size": 128, "epochs": 2, "lr": 5e-4, "warmup_epochs": 0.0},
                "tune": {"img_size": 128, "epochs": 2, "lr": 2e-4, "warmup_epochs": 0.0}},
 }

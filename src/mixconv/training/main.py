@@ -11,7 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ from mixconv.training.ema import ModelEma
 from mixconv.training.engine import NonFiniteLossError, StepSettings, train_one_epoch
 from mixconv.training.errors import TrainingError, WriteError, writing
 from mixconv.training.optim import create_optimizer, create_scheduler, scaled_lr
+
+if TYPE_CHECKING:
+    from mixconv.training.qat import QatCalibration
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "seconds",
                  "skipped_images")
@@ -371,7 +374,7 @@ class Trainer:
     peak_lr: float
     rs: RunState
     saved_epoch: int = 0  # the epoch of the checkpoint on disk
-    qat: Optional[Any] = None  # --qat: the QatCalibration that keeps the model's int8 ranges ORT's
+    qat: Optional[QatCalibration] = None  # --qat: keeps the model's int8 ranges those ORT will calibrate
 
     @property
     def eval_model(self) -> nn.Module:

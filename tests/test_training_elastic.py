@@ -84,7 +84,7 @@ def test_elastic_restart_after_sigkill_continues_the_run(tiny_model, image_folde
     text = log_path.read_text()
     assert rc == 0, text[-3000:]
     assert (pids / "rank1.attempt1.pid").is_file(), "torchrun did not restart the workers"
-    assert f"elastic restart 1: resumed at epoch 2 from {out / 'last.state.pt'}" in text
+    assert f"elastic restart 1: resumed at epoch 2, step 0 from {out / 'last.state.pt'}" in text
     assert [int(r["epoch"]) for r in rows(out)] == [1, 2, 3]  # every row once, none lost
     for epoch in (1, 2, 3):
         assert text.count(f"epoch {epoch}/3: train_loss") == 1, text[-3000:]  # every epoch ran to its end once

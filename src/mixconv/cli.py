@@ -12,6 +12,7 @@ from mixconv.commands import info as info_cmd
 from mixconv.commands import predict as predict_cmd
 from mixconv.commands import quantize as quantize_cmd
 from mixconv.commands import search as search_cmd
+from mixconv.commands import shards as shards_cmd
 from mixconv.commands import study as study_cmd
 from mixconv.commands import train as train_cmd
 from mixconv.commands import validate as validate_cmd
@@ -20,7 +21,7 @@ from mixconv.files.inputs import MixconvInputError
 from mixconv.models.registry import UnknownModelError
 
 COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd, benchmark_cmd, verify_cmd,
-            quantize_cmd, search_cmd, study_cmd)
+            quantize_cmd, search_cmd, study_cmd, shards_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

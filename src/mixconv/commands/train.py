@@ -19,7 +19,9 @@ _MODEL = (
 )
 _DATA = (
     ("--data", str, "built in: 'digits' (10 classes) or 'digit-pairs' (100 classes, harder; its own recipe "
-                    "unless --config is given); or an ImageFolder root with train/ and val/"),
+                    "unless --config is given); an ImageFolder root with train/ and val/; or WebDataset shards "
+                    "(a folder written by `mixconv shards`, or 'DIR/train-{000000..000099}.tar')"),
+    ("--shuffle-buffer", int, "shards: samples each data stream shuffles through (default 1000)"),
     ("--holdout-fraction", float, "hold out this share of the training images and evaluate on it each epoch "
                                   "(the validation set stays untouched)"),
     ("--img-size", int, "input size (digits recipe: 64, digit-pairs: 32)"),
@@ -55,6 +57,8 @@ _RUNTIME = (
     ("--seed", int, "random seed"),
     ("--output", str, "run directory (default runs/<model>-<time>)"),
     ("--log-interval", int, "steps between progress lines when not on a terminal"),
+    ("--checkpoint-every", int, "also write last.state.pt every N steps within an epoch (0: at epoch ends only); "
+                                "SIGTERM/SIGUSR1 always write one and exit with 75"),
 )
 _BOOLS = (
     ("--deterministic", "deterministic algorithms (for exact resume/replay)"),
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from mixconv.training import TrainingError
     from mixconv.training.config import default_recipe, make_config
     from mixconv.training.main import run as run_training
+    from mixconv.training.preempt import EXIT_PREEMPTED, Preempted
 
     overrides = overrides_from_args(args)
     try:
@@ -114,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
             run_training(make_config(None), resume=args.resume, resume_overrides=overrides)
         else:
             run_training(make_config(args.config or default_recipe(getattr(args, "data", None)), overrides))
+    except Preempted as e:
+        print(f"mixconv train: {e} (exit code {EXIT_PREEMPTED})", file=sys.stderr)
+        return EXIT_PREEMPTED
     except TrainingError as e:
         print(f"mixconv train: error: {e}", file=sys.stderr)
         return 1

@@ -56,6 +56,7 @@ class TrainConfig:
     std: Optional[tuple[float, float, float]] = None
     workers: int = 2
     gpu_decode: bool = False  # ImageFolder JPEGs decoded on the GPU (nvJPEG), transforms there too
+    shuffle_buffer: int = 1000  # shards: samples each data stream (rank x worker) shuffles through
     # augmentation
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (0.75, 1.3333333333333333)
@@ -95,6 +96,7 @@ class TrainConfig:
     deterministic: bool = False
     output: Optional[str] = None
     log_interval: int = 10
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (last.state.pt); 0: at epoch ends only
 
     def __post_init__(self) -> None:
         checks = (
@@ -109,6 +111,8 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1, "an int >= 1"),
             ("accum_steps", self.accum_steps >= 1, "an int >= 1"),
             ("workers", self.workers >= 0, "an int >= 0"),
+            ("shuffle_buffer", self.shuffle_buffer >= 1, "an int >= 1"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "an int >= 0 (0: at epoch ends only)"),
             ("lr", self.lr > 0, "a positive number"),
             ("lr_base_size", self.lr_base_size >= 1, "an int >= 1"),
             ("val_fraction", 0 < self.val_fraction < 1, "a number in (0, 1)"),

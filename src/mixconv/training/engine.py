@@ -31,6 +31,17 @@ class StepSettings:
     freeze_bn: bool = False  # BatchNorm in eval mode while training (running statistics, not updated)
 
 
+@dataclass
+class EpochTotals:
+    """Where an epoch stands on this rank: batches done and the running sums (a step checkpoint keeps them)."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    images: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class TrainStats:
     loss: float
@@ -58,10 +69,16 @@ def train_one_epoch(
     batch_mix: Optional[Callable] = None,
     desc: str = "",
     before_step: Optional[Callable[[int], None]] = None,
+    totals: Optional[EpochTotals] = None,
+    n_batches: Optional[int] = None,
+    after_step: Optional[Callable[[EpochTotals], None]] = None,
 ) -> TrainStats:
     """Train for one pass over ``loader``; returns the mean loss over all ranks, throughput and skips.
 
-    ``before_step(i)`` runs before the forward pass of batch ``i`` (1-based), e.g. QAT's recalibration."""
+    ``before_step(i)`` runs before the forward pass of batch ``i`` (1-based), e.g. QAT's recalibration.
+    ``totals``: a resumed epoch's position (``loader`` then yields the batches after ``totals.step``) and sums;
+    ``n_batches``: the whole epoch's batches (default ``len(loader)``). ``after_step(totals)`` runs after every
+    optimizer step (no gradients pending): step checkpoints and preemption."""
     model.train()
     unwrapped = getattr(model, "module", model)
     if settings.freeze_bn:
@@ -69,13 +86,15 @@ def train_one_epoch(
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()  # its affine weights still train
     device = info.device
-    progress = Progress(len(loader), desc or f"epoch {epoch}", info.is_main, settings.log_interval)
-    loss_sum, n_images, skipped, step_in_accum = 0.0, 0, 0, 0
-    start = time.perf_counter()
+    tot = totals if totals is not None else EpochTotals()
+    n_batches = n_batches if n_batches is not None else len(loader)
+    progress = Progress(n_batches, desc or f"epoch {epoch}", info.is_main, settings.log_interval)
+    step_in_accum = 0
+    start, seconds_before = time.perf_counter(), tot.seconds
     optimizer.zero_grad(set_to_none=True)
-    n_batches = len(loader)
-    for i, (images, targets, n_skipped) in enumerate(loader, start=1):
-        skipped += n_skipped
+    for i, (images, targets, n_skipped) in enumerate(loader, start=tot.step + 1):
+        tot.skipped += n_skipped
+        tot.step = i
         if images is None:
             continue
         images = images.to(device, non_blocking=True)
@@ -106,15 +125,21 @@ def train_one_epoch(
             if ema is not None:
                 ema.update(unwrapped)
             step_in_accum = 0
-        loss_sum += loss.item() * hard_targets.size(0)
-        n_images += hard_targets.size(0)
-        elapsed = time.perf_counter() - start
+        tot.loss_sum += loss.item() * hard_targets.size(0)
+        tot.images += hard_targets.size(0)
+        tot.seconds = seconds_before + time.perf_counter() - start
         progress.update(i, loss=loss.item(), lr=optimizer.param_groups[0]["lr"],
-                        img_s=n_images * info.world_size / max(elapsed, 1e-9))
+                        img_s=tot.images * info.world_size / max(tot.seconds, 1e-9))
+        if do_step and after_step is not None:
+            try:
+                after_step(tot)
+            except BaseException:
+                progress.close()
+                raise
     progress.close()
-    seconds = time.perf_counter() - start
-    loss_sum, n_images, skipped = all_reduce_sum([loss_sum, float(n_images), float(skipped)], info)
-    return TrainStats(loss_sum / max(n_images, 1), int(n_images), seconds, int(skipped),
+    tot.seconds = seconds_before + time.perf_counter() - start
+    loss_sum, n_images, skipped = all_reduce_sum([tot.loss_sum, float(tot.images), float(tot.skipped)], info)
+    return TrainStats(loss_sum / max(n_images, 1), int(n_images), tot.seconds, int(skipped),
                       optimizer.param_groups[0]["lr"])
 
 

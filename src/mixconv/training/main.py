@@ -9,7 +9,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -17,20 +17,8 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
 
-from mixconv.data.datasets import (
-    AugmentSettings,
-    ShardSampler,
-    build_dataset,
-    collate_skip,
-    dataset_classes,
-    eval_transform,
-    holdout_split,
-    train_transform,
-)
-from mixconv.data.jpeg import DeviceDecodeLoader, collate_encoded
-from mixconv.factory.create import create_model, resolve_model_name
+from mixconv.factory.create import create_model
 from mixconv.files.atomic import atomic_write
 from mixconv.files.config import ConfigError
 from mixconv.files.inputs import CheckpointError, read_yaml
@@ -38,6 +26,7 @@ from mixconv.files.integrity import tensors_sha256
 from mixconv.files.weights import load_pretrained
 from mixconv.inference.distributed import (
     DistInfo,
+    all_reduce_sum,
     barrier,
     broadcast_flag,
     cleanup,
@@ -48,11 +37,13 @@ from mixconv.inference.distributed import (
 )
 from mixconv.inference.engine import evaluate, warn_amp
 from mixconv.models.pretrained_cfg import Preprocess
-from mixconv.training import elastic
+from mixconv.training import elastic, preempt
 from mixconv.training import state as ckpt
 from mixconv.training.config import TrainConfig, check_overrides, make_config
+from mixconv.training.data import TrainData, build_data, resolve_preprocess
 from mixconv.training.ema import ModelEma
-from mixconv.training.engine import NonFiniteLossError, StepSettings, train_one_epoch
+from mixconv.training.engine import EpochTotals, NonFiniteLossError, StepSettings, train_one_epoch
+from mixconv.training.preempt import Preempted
 from mixconv.training.errors import TrainingError, WriteError, writing
 from mixconv.training.optim import create_optimizer, create_scheduler, scaled_lr
 
@@ -62,7 +53,7 @@ if TYPE_CHECKING:
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "seconds",
                  "skipped_images")
 # Settings a resumed run may change; anything else must match the run being resumed.
-RESUME_CHANGEABLE = ("epochs", "workers", "log_interval", "resume")
+RESUME_CHANGEABLE = ("epochs", "workers", "log_interval", "checkpoint_every", "resume")
 
 
 @dataclass
@@ -87,58 +78,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_preprocess(cfg: TrainConfig) -> Preprocess:
-    _, _, meta = resolve_model_name(cfg.model)
-    return Preprocess(
-        img_size=cfg.img_size or meta.input_size[-1],
-        crop_pct=cfg.crop_pct or meta.crop_pct,
-        interpolation=cfg.interpolation or meta.interpolation,
-        mean=tuple(cfg.mean or meta.mean),
-        std=tuple(cfg.std or meta.std),
-    )
-
-
-def build_loaders(cfg: TrainConfig, pre: Preprocess, info: DistInfo) -> tuple[DataLoader, DataLoader, list[str], Any]:
-    """Train and val loaders (sharded over ranks) and the class names."""
-    aug = AugmentSettings(cfg.scale, cfg.ratio, cfg.hflip, cfg.auto_augment, cfg.randaugment_magnitude, cfg.re_prob)
-    encoded = cfg.gpu_decode
-    if encoded and info.device.type != "cuda":
-        raise ConfigError("--gpu-decode needs CUDA (nvJPEG); on CPU leave it off")
-    train_tf, val_tf = train_transform(pre, aug), eval_transform(pre)
-    train_ds = build_dataset(cfg.data, "train", train_tf, cfg.val_fraction, encoded=encoded)
-    if cfg.holdout_fraction > 0:  # evaluate on held-out training images; the validation set stays untouched
-        train_ds, _ = holdout_split(train_ds, cfg.holdout_fraction)
-        _, val_ds = holdout_split(build_dataset(cfg.data, "train", val_tf, cfg.val_fraction, encoded=encoded),
-                                  cfg.holdout_fraction)
-    else:
-        val_ds = build_dataset(cfg.data, "val", val_tf, cfg.val_fraction, encoded=encoded)
-    classes = dataset_classes(train_ds)
-    if dataset_classes(val_ds) != classes:
-        raise TrainingError(f"--data {cfg.data}: train/ and val/ have different class folders "
-                            f"({len(classes)} vs {len(dataset_classes(val_ds))})")
-    generator = torch.Generator()
-    pin = info.device.type == "cuda"
-    drop_last = len(train_ds) // info.world_size >= cfg.batch_size
-    common = dict(num_workers=cfg.workers, pin_memory=pin and not encoded,
-                  collate_fn=collate_encoded if encoded else collate_skip,
-                  persistent_workers=False, generator=generator)
-    if info.distributed:
-        sampler = torch.utils.data.DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True,
-                                                      seed=cfg.seed, drop_last=drop_last)
-        train_loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=drop_last, **common)
-    else:
-        sampler = None
-        train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=drop_last, **common)
-    val_loader = DataLoader(val_ds, cfg.batch_size, sampler=ShardSampler(len(val_ds), info.rank, info.world_size),
-                            **{**common, "generator": None})
-    if encoded:  # workers read the files; the batches are decoded and transformed on the GPU
-        train_loader = DeviceDecodeLoader(train_loader, train_tf, info.device)  # type: ignore[assignment]
-        val_loader = DeviceDecodeLoader(val_loader, val_tf, info.device)  # type: ignore[assignment]
-    if len(train_loader) == 0:
-        raise TrainingError(f"--data {cfg.data}: no training batches (dataset of {len(train_ds)} images)")
-    return train_loader, val_loader, classes, (sampler, generator)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, info: DistInfo) -> nn.Module:
@@ -346,7 +285,8 @@ def run(cfg: TrainConfig, *, resume: Optional[str] = None, resume_overrides: Opt
     owned = not group_exists()
     info = init_distributed()
     try:
-        return _run(cfg, info, resume, resume_overrides or {}, on_epoch_end)
+        with preempt.watching():
+            return _run(cfg, info, resume, resume_overrides or {}, on_epoch_end)
     finally:
         if owned:
             cleanup(info)
@@ -367,14 +307,13 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: Optional[torch.amp.GradScaler]
-    train_loader: DataLoader
-    val_loader: DataLoader
-    sampler: Any
-    generator: torch.Generator
+    data: TrainData
     peak_lr: float
     rs: RunState
     saved_epoch: int = 0  # the epoch of the checkpoint on disk
     qat: Optional[QatCalibration] = None  # --qat: keeps the model's int8 ranges those ORT will calibrate
+    totals: EpochTotals = field(default_factory=EpochTotals)  # the epoch in progress: steps done, sums
+    resumed_from: Optional[dict[str, int]] = None  # {"epoch": E, "step": S} of a resumed run
 
     @property
     def eval_model(self) -> nn.Module:
@@ -392,19 +331,19 @@ def _setup(cfg: TrainConfig, info: DistInfo, out_dir: Path) -> Trainer:
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)  # the same initial weights on every rank (EMA copies them before DDP would)
     pre = resolve_preprocess(cfg)
-    train_loader, val_loader, classes, (sampler, generator) = build_loaders(cfg, pre, info)
-    num_classes = cfg.num_classes or len(classes)
-    if num_classes != len(classes):
-        raise TrainingError(f"--num-classes {num_classes} but the data has {len(classes)} classes")
+    data = build_data(cfg, pre, info)
+    num_classes = cfg.num_classes or len(data.classes)
+    if num_classes != len(data.classes):
+        raise TrainingError(f"--num-classes {num_classes} but the data has {len(data.classes)} classes")
     model = build_model(cfg, num_classes, info)
     cfg = resolved_config(cfg, pre, num_classes, model, out_dir)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     peak_lr = scaled_lr(cfg, info.world_size)
     optimizer = create_optimizer(model, cfg, peak_lr)
-    scheduler = create_scheduler(optimizer, cfg, peak_lr, math.ceil(len(train_loader) / cfg.accum_steps))
+    scheduler = create_scheduler(optimizer, cfg, peak_lr, math.ceil(data.steps_per_epoch / cfg.accum_steps))
     scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
-    t = Trainer(cfg, info, out_dir, pre, classes, model, model, ema, optimizer, scheduler, scaler, train_loader,
-                val_loader, sampler, generator, peak_lr, RunState())
+    t = Trainer(cfg, info, out_dir, pre, data.classes, model, model, ema, optimizer, scheduler, scaler, data,
+                peak_lr, RunState())
     if cfg.qat:
         from mixconv.training.qat import qat_calibration
 
@@ -423,6 +362,33 @@ def _restore(t: Trainer, saved: dict[str, Any]) -> None:
     ckpt.set_rng_state(saved["rng"])
     t.rs = RunState(int(saved["epoch"]), float(saved["best_top1"]), int(saved["best_epoch"]), list(saved["history"]))
     t.saved_epoch = t.rs.epoch
+    _restore_position(t, saved)
+
+
+def _restore_position(t: Trainer, saved: dict[str, Any]) -> None:
+    """A step checkpoint's position in its epoch: steps done, the epoch's sums so far (on rank 0: they were
+    summed over ranks when saved), every rank's random state and QAT's ranges."""
+    pos = saved.get("position") or {}
+    step = int(pos.get("step", 0))
+    t.resumed_from = {"epoch": t.rs.epoch, "step": step}
+    if not step:
+        return
+    if step > t.data.steps_per_epoch:
+        raise TrainingError(f"{t.path('last', 1)} was written at step {step} of an epoch of {pos.get('steps')} "
+                            f"steps; this run's epochs have {t.data.steps_per_epoch} (the data or batch size "
+                            "changed)")
+    sums = pos["sums"] if t.info.is_main else [0.0, 0.0, 0.0, 0.0]
+    t.totals = EpochTotals(step, float(sums[0]), int(sums[1]), int(sums[2]), float(sums[3]))
+    rngs = pos.get("rng_by_rank") or []
+    same = len(rngs) == t.info.world_size and (pos.get("workers") == t.cfg.workers or t.data.source != "shards")
+    if len(rngs) == t.info.world_size:
+        ckpt.set_rng_state(rngs[t.info.rank])
+    if not same:
+        log(t.info, f"warning: the step checkpoint was written by {len(rngs)} process(es) with {pos.get('workers')} "
+                    f"data workers, this run has {t.info.world_size} with {t.cfg.workers}: the rest of epoch "
+                    f"{t.rs.epoch + 1} continues from step {step}, but not as the interrupted run would have")
+    if t.qat is not None and pos.get("qat_ranges"):
+        t.qat.load_state_dict(pos["qat_ranges"])
 
 
 def _start(t: Trainer) -> None:
@@ -496,12 +462,13 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
             # metrics.csv may have missed the last rows (a write that failed after the checkpoint's)
             _main_writes(t, lambda: _write_history(t))
             return _finish(t)
-        log(info, f"{how}resumed at epoch {t.rs.epoch} from {t.path('last', 1)}: continuing with epoch "
-                  f"{t.rs.epoch + 1} of {t.cfg.epochs}")
+        log(info, f"{how}resumed at epoch {t.rs.epoch}, step {t.totals.step} from {t.path('last', 1)}: "
+                  f"continuing with epoch {t.rs.epoch + 1} of {t.cfg.epochs}"
+                  + (f" at step {t.totals.step + 1} of {t.data.steps_per_epoch}" if t.totals.step else ""))
     _start(t)
     tb = _TensorBoard(out_dir, info.is_main)
     if info.is_main and t.rs.epoch == 0:
-        tb.add_examples(t.train_loader.dataset, t.pre)
+        tb.add_examples(t.data.examples, t.pre)
     try:
         for epoch in range(t.rs.epoch, t.cfg.epochs):
             row = _one_epoch(t, epoch)
@@ -510,6 +477,10 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
             barrier(info)
             if on_epoch_end is not None:
                 on_epoch_end(dict(row))
+            if epoch + 1 < t.cfg.epochs and broadcast_flag(preempt.requested() is not None, info):
+                raise Preempted(f"stopped by {preempt.requested() or 'a signal on another rank'} after epoch "
+                                f"{epoch + 1}: its checkpoint {t.path('last', 1)} holds it; continue with --resume "
+                                f"{t.out_dir}", t.rs.epoch, 0)
     finally:
         tb.close()
     summary = _finish(t)
@@ -532,11 +503,10 @@ def _finish(t: Trainer) -> dict[str, Any]:
 def _one_epoch(t: Trainer, epoch: int) -> dict[str, Any]:
     """Train, evaluate (no autocast; under --qat, as simulated int8) and checkpoint epoch ``epoch`` (0-based)."""
     cfg, info = t.cfg, t.info
-    # Every epoch's randomness derives from (seed, epoch, rank): a resumed run replays it exactly.
-    seed_everything(cfg.seed + 1000 * (epoch + 1) + info.rank)
-    t.generator.manual_seed(cfg.seed + epoch)
-    if t.sampler is not None:
-        t.sampler.set_epoch(epoch)
+    if not t.totals.step:  # (a resumed epoch goes on with the random state of its step checkpoint)
+        # Every epoch's randomness derives from (seed, epoch, rank): a resumed run replays it exactly.
+        seed_everything(cfg.seed + 1000 * (epoch + 1) + info.rank)
+    t.data.set_position(epoch, t.totals.step)
     desc = f"epoch {epoch + 1}/{cfg.epochs}"
     # --qat freezes BatchNorm: training then computes what the int8 file will (BatchNorm folded with its
     # running statistics); with batch statistics the fine-tune did not improve the int8 model at all.
@@ -544,16 +514,18 @@ def _one_epoch(t: Trainer, epoch: int) -> dict[str, Any]:
                             cfg.freeze_bn or cfg.qat)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     try:
-        ts = train_one_epoch(t.train_model, criterion, t.optimizer, t.scheduler, t.train_loader, epoch + 1, info,
-                             settings, t.scaler, t.ema, _batch_mix(cfg, len(t.classes)), desc=desc,
-                             before_step=t.qat.before_step if t.qat is not None else None)
+        ts = train_one_epoch(t.train_model, criterion, t.optimizer, t.scheduler, t.data.train_loader, epoch + 1,
+                             info, settings, t.scaler, t.ema, _batch_mix(cfg, len(t.classes)), desc=desc,
+                             before_step=t.qat.before_step if t.qat is not None else None, totals=t.totals,
+                             n_batches=t.data.steps_per_epoch, after_step=lambda tot: _after_step(t, tot))
     except NonFiniteLossError as e:
         kept = f"the last good checkpoint is intact: {t.path('last')}" if t.rs.epoch else "no checkpoint was written yet"
         raise TrainingError(f"{e}: stopping ({kept}); lower --lr or enable --clip-grad") from None
     sync_buffers(t.eval_model, info)
     if t.qat is not None:  # evaluated as int8 (simulated) with the ranges ORT will calibrate from these weights
         t.qat.calibrate()
-    vs = evaluate(t.eval_model, t.val_loader, info, "none", cfg.channels_last, desc=f"{desc} val",
+    t.totals = EpochTotals()
+    vs = evaluate(t.eval_model, t.data.val_loader, info, "none", cfg.channels_last, desc=f"{desc} val",
                   log_interval=cfg.log_interval)
     row = {"epoch": epoch + 1, "train_loss": round(ts.loss, 6), "val_loss": round(vs.loss, 6),
            "val_top1": round(vs.top1, 4), "val_top5": round(vs.top5, 4), "lr": ts.lr,
@@ -572,20 +544,48 @@ def _one_epoch(t: Trainer, epoch: int) -> dict[str, Any]:
     return row
 
 
-def _save(t: Trainer, results: dict[str, Any], is_best: bool) -> None:
-    """The checkpoint first (weights and resume state, as one unit), then the files derived from the history."""
-    extra = {"classes": t.classes, "preprocess": t.pre.to_dict(), "data": t.cfg.data, "ema": t.ema is not None,
-             "train_config": t.cfg.to_dict(), **results}
+def _state(t: Trainer, position: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The resume state: module, optimizer and run states; ``position`` within the epoch for a step checkpoint."""
     rs = t.rs
-    ckpt.commit_checkpoint(t.out_dir, t.eval_model, extra, ("last", "best") if is_best else ("last",), {
+    return {
         "epoch": rs.epoch, "best_top1": rs.best_top1, "best_epoch": rs.best_epoch, "history": rs.history,
         "model": t.model.state_dict(), "ema": t.ema.state_dict() if t.ema is not None else None,
         "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None, "rng": ckpt.rng_state(),
-        elastic.RUN_ID_KEY: elastic.run_id(),
-    })
-    t.saved_epoch = rs.epoch
+        "position": position or {"step": 0}, elastic.RUN_ID_KEY: elastic.run_id(),
+    }
+
+
+def _save(t: Trainer, results: dict[str, Any], is_best: bool) -> None:
+    """The checkpoint first (weights and resume state, as one unit), then the files derived from the history."""
+    extra = {"classes": t.classes, "preprocess": t.pre.to_dict(), "data": t.cfg.data, "ema": t.ema is not None,
+             "train_config": t.cfg.to_dict(), **results}
+    ckpt.commit_checkpoint(t.out_dir, t.eval_model, extra, ("last", "best") if is_best else ("last",), _state(t))
+    t.saved_epoch = t.rs.epoch
     _write_history(t)
+
+
+def _after_step(t: Trainer, tot: EpochTotals) -> None:
+    """After every optimizer step: a step checkpoint every ``--checkpoint-every`` steps, and on a stop signal
+    (any rank's) a step checkpoint and :class:`Preempted`. Every rank calls it at the same step."""
+    stop = broadcast_flag(preempt.requested() is not None, t.info)
+    every = t.cfg.checkpoint_every
+    if stop or (every and tot.step % every == 0 and tot.step < t.data.steps_per_epoch):
+        _step_checkpoint(t, tot)
+    if stop:
+        where = f"epoch {t.rs.epoch}, step {tot.step}"
+        raise Preempted(f"stopped by {preempt.requested() or 'a signal on another rank'} at {where}: the "
+                        f"checkpoint {t.path('last', 1)} holds it; continue with --resume {t.out_dir}",
+                        t.rs.epoch, tot.step)
+
+
+def _step_checkpoint(t: Trainer, tot: EpochTotals) -> None:
+    """``last.state.pt`` at step ``tot.step`` of the epoch in progress (a collective: every rank calls it)."""
+    sums = all_reduce_sum([tot.loss_sum, float(tot.images), float(tot.skipped)], t.info) + [tot.seconds]
+    position = {"step": tot.step, "steps": t.data.steps_per_epoch, "sums": sums, "workers": t.cfg.workers,
+                "rng_by_rank": gather_objects(ckpt.rng_state(), t.info),
+                "qat_ranges": t.qat.state_dict() if t.qat is not None else None}
+    _main_writes(t, lambda: ckpt.commit_checkpoint(t.out_dir, t.eval_model, {}, (), _state(t, position)))
 
 
 def _write_history(t: Trainer) -> None:
@@ -605,6 +605,8 @@ def _summary(t: Trainer, finished: bool, write: bool = True) -> dict[str, Any]:
         "best_checkpoint": str(t.path("best").resolve()), "last_checkpoint": str(t.path("last").resolve()),
         "output": str(t.out_dir.resolve()),
     }
+    if t.resumed_from is not None:
+        summary["resumed_from"] = dict(t.resumed_from)
     if write and t.info.is_main:
         write_json(t.out_dir / "summary.json", summary)
     return summary

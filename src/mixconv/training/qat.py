@@ -299,6 +299,17 @@ class QatCalibration:
         if (step - 1) % self.every == 0:
             self.calibrate()
 
+    def state_dict(self) -> dict[str, list[float]]:
+        """The current ranges (a step checkpoint keeps them: a resumed epoch goes on with the same ones)."""
+        return {name: [r.lo, r.hi] for name, r in qat_ranges(self.model).items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        st = _require(self.model)
+        st.mode, ranges = "quantize", st.ranges
+        for name, (lo, hi) in state.items():
+            r = ranges.setdefault(name, TensorRange())
+            r.lo, r.hi = float(lo), float(hi)
+
 
 def qat_calibration(model: nn.Module, cfg: Any, pre: Any, device: torch.device) -> QatCalibration:
     """The calibration ``mixconv quantize`` will do for a run's checkpoint: ``cfg.qat_calib_images`` training

@@ -4,6 +4,8 @@
 - ``MIXCONV_TEST_PAUSE_EPOCH=E``: on the first attempt (``TORCHELASTIC_RESTART_COUNT`` 0), every rank stops
   after the first training step of epoch ``E`` (1-based), writes ``DIR/rank<RANK>.paused`` and sleeps, so the
   test can SIGKILL a worker at a known point in the middle of an epoch.
+- ``MIXCONV_TEST_STEP_SLEEP=S``: every optimizer step takes ``S`` seconds longer and appends ``epoch step`` to
+  ``DIR/rank<RANK>.steps``, so a test can send a signal in the middle of an epoch.
 
 The hooks live here, in the test's launcher, not in the training loop.
 """
@@ -19,6 +21,7 @@ from mixconv.cli import main
 
 PID_DIR = Path(os.environ["MIXCONV_TEST_PID_DIR"])
 PAUSE_EPOCH = int(os.environ.get("MIXCONV_TEST_PAUSE_EPOCH", "0"))
+STEP_SLEEP = float(os.environ.get("MIXCONV_TEST_STEP_SLEEP", "0"))
 RANK = os.environ.get("RANK", "0")
 ATTEMPT = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
 
@@ -49,7 +52,19 @@ def pausing(train_one_epoch):
     return wrapped
 
 
+def slowed(after_step):
+    def wrapped(t, tot):
+        time.sleep(STEP_SLEEP)
+        with open(PID_DIR / f"rank{RANK}.steps", "a") as f:
+            f.write(f"{t.rs.epoch + 1} {tot.step}\n")
+        return after_step(t, tot)
+
+    return wrapped
+
+
 if __name__ == "__main__":
     (PID_DIR / f"rank{RANK}.attempt{ATTEMPT}.pid").write_text(str(os.getpid()))
     training_main.train_one_epoch = pausing(training_main.train_one_epoch)
+    if STEP_SLEEP:
+        training_main._after_step = slowed(training_main._after_step)
     sys.exit(main(sys.argv[1:]))

@@ -267,22 +267,20 @@ class ShardStream(IterableDataset):
         random.Random(sample_seed(self.seed, self.epoch)).shuffle(order)
         mine, stride = split_streams(len(shards), n_streams, stream, order)
 
-        def endless() -> Iterator[dict[str, Any]]:
-            for again in itertools.count():
-                if again:  # a stream that needs more samples than its shards hold reads them again, reordered
-                    random.Random(sample_seed(self.seed, self.epoch, stream, again)).shuffle(mine)
-                got = 0
-                for sample in _strided(itertools.chain.from_iterable(read_shard(shards[i]) for i in mine),
-                                       stride, stream):
-                    got += 1
-                    yield sample
-                if not got:
-                    raise RuntimeError(f"{self.split.source}: data stream {stream} of {n_streams} got no samples "
-                                       f"from its shards ({', '.join(shards[i].path.name for i in mine)})")
-
         rng = random.Random(sample_seed(self.seed, self.epoch, stream, -1))
         buf = max(1, self.shuffle_buffer)
-        return shuffle(buf, buf, rng=rng)(endless())
+        for again in itertools.count():
+            if again:  # a stream that needs more samples than its shards hold reads them again, reordered
+                random.Random(sample_seed(self.seed, self.epoch, stream, again)).shuffle(mine)
+            one_pass = _strided(itertools.chain.from_iterable(read_shard(shards[i]) for i in mine), stride, stream)
+            got = 0
+            # each pass through its own buffer: a repeat never comes before the whole first pass
+            for sample in shuffle(buf, buf, rng=rng)(iter(one_pass)):
+                got += 1
+                yield sample
+            if not got:
+                raise RuntimeError(f"{self.split.source}: data stream {stream} of {n_streams} got no samples from "
+                                   f"its shards ({', '.join(shards[i].path.name for i in mine)})")
 
     def _val_shards(self, worker: int) -> tuple[list[int], int, int]:
         stream, n_streams = self._stream_id(worker)

@@ -32,6 +32,7 @@ from mixconv.inference.distributed import DistInfo
 from mixconv.models.pretrained_cfg import Preprocess
 from mixconv.training.config import TrainConfig
 from mixconv.training.errors import TrainingError
+from mixconv.training.preempt import ignore_in_worker
 
 
 @dataclass
@@ -71,7 +72,8 @@ def _datasets(cfg: TrainConfig, train_tf: Any, val_tf: Any, encoded: bool) -> tu
 
 def _loader_options(cfg: TrainConfig, info: DistInfo, encoded: bool) -> dict[str, Any]:
     return dict(num_workers=cfg.workers, pin_memory=info.device.type == "cuda" and not encoded,
-                collate_fn=collate_encoded if encoded else collate_skip, persistent_workers=False)
+                collate_fn=collate_encoded if encoded else collate_skip, persistent_workers=False,
+                worker_init_fn=ignore_in_worker if cfg.workers else None)
 
 
 def _shard_data(cfg: TrainConfig, info: DistInfo, train_tf: Any, val_tf: Any, encoded: bool) -> TrainData:

@@ -5,8 +5,9 @@ The handler only records the signal. Every rank looks at the record after each o
 so all ranks agree even when only some got the signal); they all stop there, rank 0 writes a step checkpoint,
 and the process exits with :data:`EXIT_PREEMPTED`. A second signal while the checkpoint is written is only
 recorded again: the write finishes (and a hard kill mid-write leaves the previous checkpoint, since every file
-is renamed into place only when complete). Data-loader worker processes inherit the handler, so a signal sent
-to the whole process group (as SLURM does) does not kill them.
+is renamed into place only when complete). Data-loader worker processes ignore both signals
+(:func:`ignore_in_worker`): torchrun and SLURM signal the whole process group, and PyTorch's workers would
+otherwise die on SIGTERM and take the step with them.
 """
 from __future__ import annotations
 
@@ -44,6 +45,13 @@ class _Watch:
 
 
 _watch = _Watch()
+
+
+def ignore_in_worker(worker_id: int) -> None:
+    """A data loader's ``worker_init_fn``: the worker leaves the stop signals to the training process (which
+    shuts it down when it exits)."""
+    for name in SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def requested() -> Optional[str]:

@@ -35,12 +35,15 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny MixNet trained on digits for one epoch (32 px), its checkpoint and its fp32 ONNX export."""
+    """A tiny MixNet trained on digits for three epochs (32 px), its checkpoint and its fp32 ONNX export.
+
+    Three epochs at lr 0.05 reach about 50% top-1, so most predictions are not near-ties that int8 rounding flips.
+    """
     root = tmp_path_factory.mktemp("deploy")
     (root / "tiny.yaml").write_text(TINY_YAML)
     torch.set_num_threads(1)
-    summary = mixconv.train(None, **tiny_settings(str(root / "tiny.yaml"), "digits", root / "run", epochs=1,
-                                                  batch_size=64, lr_base_size=64, lr=0.01))
+    summary = mixconv.train(None, **tiny_settings(str(root / "tiny.yaml"), "digits", root / "run", epochs=3,
+                                                  batch_size=64, lr_base_size=64, lr=0.05))
     ckpt = summary["best_checkpoint"]
     fp32 = root / "fp32.onnx"
     r = run_cli("export", "--checkpoint", ckpt, "--format", "onnx", "--output", str(fp32), "--optimize")
@@ -92,9 +95,16 @@ def test_predict_onnx_fp32_and_int8_agree_with_the_checkpoint(trained, tmp_path)
         r = run_cli("predict", *paths, "--onnx", str(path), "--top-k", "2", "--format", "json")
         assert r.returncode == 0, r.stderr
         got = json.loads(r.stdout)
-        assert [g["top"][0]["class"] for g in got] == [g["top"][0]["class"] for g in ref]
         if path == fp32:
+            assert [g["top"][0]["class"] for g in got] == [g["top"][0]["class"] for g in ref]
             assert got[0]["top"][0]["prob"] == pytest.approx(ref[0]["top"][0]["prob"], abs=1e-4)
+            continue
+        # int8 rounding may swap a near-tie; where the checkpoint is clear (margin > 0.05) the class must hold
+        clear = [i for i, g in enumerate(ref) if g["top"][0]["prob"] - g["top"][1]["prob"] > 0.05]
+        assert clear, "the fixture model should be clear on at least one image"
+        assert [got[i]["top"][0]["class"] for i in clear] == [ref[i]["top"][0]["class"] for i in clear]
+        for g, want in zip(got, ref):
+            assert g["top"][0]["prob"] == pytest.approx(want["top"][0]["prob"], abs=0.1)
 
 
 def _dq_weight_inputs(path):
@@ -155,6 +165,7 @@ def test_fake_quant_weight_is_onnxruntimes_per_channel_symmetric_int8():
 
 
 def test_prepare_qat_keeps_the_state_dict_and_trains_through_fake_quant(tmp_path):
+    torch.manual_seed(1)  # a fixed draw: over 30 seeds the bound below held for 27 (used at 0.2 of it here)
     (tmp_path / "tiny.yaml").write_text(TINY_YAML)
     model = mixconv.create_model(str(tmp_path / "tiny.yaml"), num_classes=4)
     x = torch.randn(4, 3, 32, 32)

@@ -1,5 +1,5 @@
 """Step checkpoints and preemption: a run stopped at step k of an epoch and resumed ends with the same final
-weights (sha256) as an uninterrupted run (ImageFolder and shards, one process and torchrun); SIGTERM exits with
+weights (sha256) as an uninterrupted run (ImageFolder, built-in data and shards, one process and torchrun); SIGTERM exits with
 75 within the grace period; a signal during the checkpoint write leaves a loadable checkpoint."""
 from __future__ import annotations
 
@@ -40,11 +40,14 @@ def signal_at(monkeypatch, epoch: int, step: int, sig=signal.SIGTERM, then=None)
     monkeypatch.setattr(training_main, "_after_step", hook)
 
 
-@pytest.fixture(params=["folder", "shards"])
+@pytest.fixture(params=["folder", "builtin", "shards"])
 def data(request, image_folder, tmp_path) -> tuple[str, int]:
-    """(--data, --workers): the ImageFolder read in the main process; its shards by two workers."""
+    """(--data, --workers): the ImageFolder read in the main process; the built-in digits by two workers; the
+    folder's shards by two workers."""
     if request.param == "folder":
         return str(image_folder), 0
+    if request.param == "builtin":
+        return "digits", 2
     write_shards(str(image_folder), tmp_path / "shards", shard_size=6)
     return str(tmp_path / "shards"), 2
 

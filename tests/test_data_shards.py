@@ -17,7 +17,8 @@ from training_fixtures import REPO, image_folder, make_image_folder, tiny_model,
 import mixconv
 from mixconv.cli import main as cli
 from mixconv.data.shard_writer import write_shards
-from mixconv.data.shards import INDEX_NAME, ShardStream, open_shards, read_shard
+from mixconv.data.datasets import build_dataset
+from mixconv.data.shards import INDEX_NAME, ShardSamples, ShardStream, open_shards, read_shard
 from mixconv.files.config import ConfigError
 
 
@@ -144,6 +145,33 @@ def test_train_from_shards_and_from_a_pattern(image_folder, shards, tiny_model, 
 
     _, extra = model_from_checkpoint(tmp_path / "run" / "best.safetensors")
     assert extra["classes"] == ["digit0", "digit1", "digit2"]
+    # validate reads the val shards as it reads the folder: the same images, the same numbers
+    ckpt = str(tmp_path / "run" / "best.safetensors")
+    on_shards, on_folder = mixconv.evaluate(ckpt, data=str(shards)), mixconv.evaluate(ckpt, data=str(image_folder))
+    assert on_shards["images"] == on_folder["images"] == 24
+    assert on_shards["top1"] == on_folder["top1"] and on_shards["loss"] == pytest.approx(on_folder["loss"], rel=1e-6)
+
+
+def test_shard_samples_index_in_order_and_out_of_order(image_folder, shards):
+    """validate/quantize/--qat calibration read shards as an indexed data set: sample i is the same image
+    whichever order it is asked in (a step back reopens the shard), with the folder's classes and counts."""
+    ds = build_dataset(str(shards), "train", None)
+    assert isinstance(ds, ShardSamples) and len(ds) == 48 and ds.classes == ["digit0", "digit1", "digit2"]
+    forward = [ds[i] for i in range(len(ds))]
+    for i in (40, 7, 8, 3, 47, 0):  # back and forth, across shards and within one
+        img, target = ds[i]
+        assert target == forward[i][1] and img.tobytes() == forward[i][0].tobytes()
+    assert collections.Counter(t for _, t in forward) == {0: 16, 1: 16, 2: 16}
+    folder = build_dataset(str(image_folder), "val", None)
+    val = build_dataset(str(shards), "val", None)  # val shards keep the folder's order
+    assert [t for _, t in val] == [t for _, t in folder]
+    assert all(a.tobytes() == b.tobytes() for (a, _), (b, _) in zip(val, folder))
+    with pytest.raises(IndexError, match="sample 48 of 48"):
+        ds[48]
+    import pickle
+
+    ds[5]  # an open reader is dropped when pickled (spawned data-loader workers)
+    assert pickle.loads(pickle.dumps(ds))[5][1] == forward[5][1]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -236,12 +236,16 @@ def open_image_folder(root: Path, transform: Callable, encoded: bool = False) ->
 
 def build_dataset(data: str, split: str, transform: Callable, val_fraction: float = 0.2,
                   encoded: bool = False) -> Dataset:
-    """``data`` is a built-in set (``digits``, ``digit-pairs``) or an ImageFolder root holding ``train/`` and
-    ``val/``.
+    """``data`` is a built-in set (``digits``, ``digit-pairs``), an ImageFolder root holding ``train/`` and
+    ``val/``, or shards written by ``mixconv shards`` (their folder, or a pattern of training shards).
 
     For ``split="val"`` a directory without ``val/`` is taken as the val images themselves (validate's use).
     ``encoded``: the ImageFolder's file bytes, for GPU decoding.
     """
+    from mixconv.data.shards import ShardSamples, is_shards, open_shards
+
+    if is_shards(data):  # a shards folder or pattern: its split, read in order
+        return ShardSamples(open_shards(data, split), transform, encoded)
     if data in BUILTIN_DATASETS and encoded:
         raise ConfigError(f"--gpu-decode decodes image files; --data {data} is in memory (use an ImageFolder root)")
     if data == "digits":

@@ -24,6 +24,7 @@ skipped with a warning naming the shard (and sample), and counted as skipped ima
 """
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import json
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from mixconv.files.config import ConfigError
 
@@ -199,6 +200,39 @@ def decode_sample(sample: dict[str, Any], transform: Optional[Callable], encoded
     except Exception as e:  # Pillow's decoders raise many types; a transform may fail on an odd image
         _warn(f"skipping unreadable image {name}.{key} ({type(e).__name__}: {e})")
         return None
+
+
+class ShardSamples(Dataset):
+    """A split's shards as an indexable data set, sample ``i`` being the ``i``-th in the index's order
+    (``validate``, ``quantize``'s calibration, ``--qat`` calibration, the search's proxy data).
+
+    A tar has no random access, so reads stream: in-order or sorted access (a validation pass, a sorted subset)
+    reads each shard once, skipping unwanted samples undecoded; a step back reopens the shard.
+    """
+
+    def __init__(self, split: ShardSplit, transform: Optional[Callable], encoded: bool = False) -> None:
+        self.split, self.transform, self.encoded = split, transform, encoded
+        self.classes = list(split.classes)
+        self._starts = list(itertools.accumulate([s.samples for s in split.shards], initial=0))
+        self._cursor: Optional[tuple[int, int, Iterator[dict[str, Any]]]] = None  # shard, next offset, reader
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getstate__(self) -> dict[str, Any]:  # a reader does not pickle (spawned workers): they open their own
+        return {**self.__dict__, "_cursor": None}
+
+    def __getitem__(self, i: int) -> Optional[tuple]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} of {len(self)} in {self.split.source}")
+        k = bisect.bisect_right(self._starts, i) - 1
+        offset = i - self._starts[k]
+        if self._cursor is None or self._cursor[0] != k or self._cursor[1] > offset:
+            self._cursor = (k, 0, read_shard(self.split.shards[k]))
+        _, at, reader = self._cursor
+        sample = next(itertools.islice(reader, offset - at, None))
+        self._cursor = (k, offset + 1, reader)
+        return decode_sample(sample, self.transform, self.encoded)
 
 
 class ShardStream(IterableDataset):

@@ -123,16 +123,17 @@ class _Reader:
 
 
 def data_splits(data: str, meta: OnnxMetadata, source: str) -> tuple[Dataset, Dataset]:
-    """(calibration, validation) datasets of ``data`` (``digits`` or an ImageFolder root) with the file's eval
-    preprocessing: calibration from the training split, validation from the val split. A folder without
-    ``train/`` serves both (the calibration images are then a sample of the validation images)."""
+    """(calibration, validation) datasets of ``data`` (``digits``, an ImageFolder root or shards) with the
+    file's eval preprocessing: calibration from the training split, validation from the val split. A folder
+    without ``train/`` serves both (the calibration images are then a sample of the validation images)."""
     from mixconv.data.datasets import BUILTIN_DATASETS, build_dataset, eval_transform
+    from mixconv.data.shards import is_shards
 
     if meta.preprocess is None:
         raise ConfigError(f"{source}: no mixconv preprocessing in its metadata; export it with `mixconv export`")
     transform = eval_transform(meta.preprocess)
     val = build_dataset(data, "val", transform, meta.val_fraction)
-    if data not in BUILTIN_DATASETS and not (Path(data) / "train").is_dir():
+    if data not in BUILTIN_DATASETS and not is_shards(data) and not (Path(data) / "train").is_dir():
         print(f"warning: --data {data} has no train/ folder; calibrating on a sample of its validation images",
               file=sys.stderr)
         return val, val

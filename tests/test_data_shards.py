@@ -99,6 +99,25 @@ def test_a_started_epoch_continues_with_the_same_samples(shards):
     assert names(stream(split, 0, 1, 0, step=5), 0) == names(stream(split, 0, 1, 0), 0)[5 * 4:]
 
 
+def test_a_training_stream_leaves_the_callers_random_state_alone(shards):
+    """Each sample's augmentation runs under its own seed; between samples (while the training step runs, with
+    --workers 0) the caller's random stream is its own, and the augmentation is the same either way."""
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([v2.PILToTensor(), v2.RandomCrop(16)])
+    s = ShardStream(open_shards(str(shards), "train"), tf, rank=0, world_size=1, workers=0, batch_size=4)
+    torch.manual_seed(123)
+    expected = torch.rand(3)  # the caller's next draw, had no sample been read
+    torch.manual_seed(123)
+    it = iter(s)
+    first = next(it)
+    assert torch.equal(torch.rand(3), expected)
+    second = next(it)
+    torch.manual_seed(7)  # another caller state: the samples do not change
+    again = list(zip(range(2), iter(s)))
+    assert torch.equal(again[0][1][0], first[0]) and torch.equal(again[1][1][0], second[0])
+
+
 def test_damaged_shards_are_skipped_counted_and_named(image_folder, tmp_path, tiny_model, capfd):
     out = tmp_path / "shards"
     write_shards(str(image_folder), out, shard_size=6)

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mixconv.data.shards import sample_seed
+from mixconv.data.seeding import sample_seed, seeded
 
 
 class EpochSampler(Sampler[int]):
@@ -67,6 +67,5 @@ class SeededSamples(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> Any:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, i))
+        with seeded(self.seed, self.epoch, i):
             return self.dataset[i]

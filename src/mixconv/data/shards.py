@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from mixconv.data.seeding import sample_seed, seeded
 from mixconv.files.config import ConfigError
 
 INDEX_NAME = "shards.json"
@@ -68,7 +69,7 @@ class ShardSplit:
 
 def is_shards(data: str) -> bool:
     """Whether ``--data`` names shards: a ``.tar`` path or pattern, or a folder holding ``shards.json``."""
-    return data.endswith(".tar") or ".tar" in data and "{" in data or (Path(data) / INDEX_NAME).is_file()
+    return data.endswith(".tar") or (".tar" in data and "{" in data) or (Path(data) / INDEX_NAME).is_file()
 
 
 def read_index(path: Path) -> dict[str, ShardSplit]:
@@ -165,15 +166,6 @@ def _strided(samples: Iterator[dict[str, Any]], stride: int, offset: int) -> Ite
     return samples if stride == 1 else itertools.islice(samples, offset, None, stride)
 
 
-def sample_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (deterministic across processes, unlike ``hash`` of strings)."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x = ((x ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
-
-
 def decode_sample(sample: dict[str, Any], transform: Optional[Callable], encoded: bool) -> Optional[tuple]:
     """``(image, target)`` (``(bytes, target, name)`` when ``encoded``), or None with a warning naming the shard
     and the sample when it holds no decodable image or class."""
@@ -204,7 +196,7 @@ def decode_sample(sample: dict[str, Any], transform: Optional[Callable], encoded
 
 class ShardSamples(Dataset):
     """A split's shards as an indexable data set, sample ``i`` being the ``i``-th in the index's order
-    (``validate``, ``quantize``'s calibration, ``--qat`` calibration, the search's proxy data).
+    (``validate``, ``quantize``'s calibration, ``--qat`` calibration).
 
     A tar has no random access, so reads stream: in-order or sorted access (a validation pass, a sorted subset)
     reads each shard once, skipping unwanted samples undecoded; a step back reopens the shard.
@@ -289,9 +281,9 @@ class ShardStream(IterableDataset):
             if self.encoded:
                 yield decode_sample(sample, None, True)
                 continue
-            with torch.random.fork_rng(devices=[]):  # the transform's randomness: this sample's own seed
-                torch.manual_seed(sample_seed(self.seed, self.epoch, stream, pos))
-                yield decode_sample(sample, self.transform, False)
+            with seeded(self.seed, self.epoch, stream, pos):  # the transform's randomness: this sample's own
+                item = decode_sample(sample, self.transform, False)
+            yield item
 
     def _train_samples(self, stream: int, n_streams: int) -> Iterator[dict[str, Any]]:
         from webdataset.filters import shuffle

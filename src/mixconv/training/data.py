@@ -7,6 +7,7 @@ at any step of any epoch, and the batches from there on are the same as an unint
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -98,7 +99,7 @@ class _ShardExamples(Dataset):
     """The first training samples of a shard stream, indexable (TensorBoard's examples)."""
 
     def __init__(self, stream: ShardStream) -> None:
-        self.stream, self.items = stream, None
+        self.stream, self.items = copy.copy(stream), None  # its own position: the training stream's stays put
 
     def _load(self) -> list:
         if self.items is None:

@@ -478,9 +478,7 @@ def _run(cfg: TrainConfig, info: DistInfo, resume: Optional[str], resume_overrid
             if on_epoch_end is not None:
                 on_epoch_end(dict(row))
             if epoch + 1 < t.cfg.epochs and broadcast_flag(preempt.requested() is not None, info):
-                raise Preempted(f"stopped by {preempt.requested() or 'a signal on another rank'} after epoch "
-                                f"{epoch + 1}: its checkpoint {t.path('last', 1)} holds it; continue with --resume "
-                                f"{t.out_dir}", t.rs.epoch, 0)
+                raise _preempted(t, f"after epoch {epoch + 1}", 0)
     finally:
         tb.close()
     summary = _finish(t)
@@ -573,10 +571,13 @@ def _after_step(t: Trainer, tot: EpochTotals) -> None:
     if stop or (every and tot.step % every == 0 and tot.step < t.data.steps_per_epoch):
         _step_checkpoint(t, tot)
     if stop:
-        where = f"epoch {t.rs.epoch}, step {tot.step}"
-        raise Preempted(f"stopped by {preempt.requested() or 'a signal on another rank'} at {where}: the "
-                        f"checkpoint {t.path('last', 1)} holds it; continue with --resume {t.out_dir}",
-                        t.rs.epoch, tot.step)
+        raise _preempted(t, f"at epoch {t.rs.epoch}, step {tot.step}", tot.step)
+
+
+def _preempted(t: Trainer, where: str, step: int) -> Preempted:
+    """The stop after a signal (on this rank or another), once the checkpoint that holds it is written."""
+    return Preempted(f"stopped by {preempt.requested() or 'a signal on another rank'} {where}: the checkpoint "
+                     f"{t.path('last', 1)} holds it; continue with --resume {t.out_dir}", t.rs.epoch, step)
 
 
 def _step_checkpoint(t: Trainer, tot: EpochTotals) -> None:

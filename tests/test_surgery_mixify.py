@@ -101,8 +101,8 @@ def test_mixconv_mobilenets(name, ref_arch, params):
     out = small(torch.randn(2, 1, 64, 64))
     assert out.shape == (2, 5)
     out.sum().backward()
-    with pytest.raises(ValueError, match="features_only"):
-        mixconv.create_model(name, features_only=True)
+    with pytest.raises(ValueError, match="drop_path_rate"):  # MixNet-only
+        mixconv.create_model(name, drop_path_rate=0.1)
 
 
 def test_info_lists_mobilenets(capsys):

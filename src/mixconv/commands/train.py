@@ -45,6 +45,8 @@ _OPTIM = (
     ("--momentum", float, "SGD/RMSprop momentum"),
     ("--opt-eps", float, "optimizer epsilon"),
     ("--weight-decay", float, "weight decay (never on norms and biases)"),
+    ("--layer-decay", float, "layer-wise lr decay in (0, 1]: the classifier trains at --lr, each earlier group "
+                             "of the model's group_matcher (head conv, blocks, stem) at this factor more"),
     ("--sched", str, "cosine or step (x decay_rate every decay_epochs)"),
     ("--warmup-epochs", float, "linear warmup epochs"),
     ("--min-lr", float, "cosine floor"),
@@ -70,6 +72,8 @@ _BOOLS = (
     ("--qat-reduce-range", "with --qat: 7-bit weights, as `mixconv quantize --reduce-range`"),
     ("--nesterov", "Nesterov momentum (SGD)"),
     ("--channels-last", "channels-last memory format"),
+    ("--grad-checkpointing", "recompute each block's activations in the backward: less activation memory, "
+                             "about one more forward per step"),
     ("--compile", "torch.compile the model"),
     ("--sync-bn", "SyncBatchNorm across processes (CUDA only)"),
     ("--gpu-decode", "decode ImageFolder JPEGs and run the transforms on the GPU (CUDA only)"),

@@ -27,7 +27,9 @@ from mixconv.files.weights import (
     timm_to_mixconv,
 )
 from mixconv.models.mixnet import MixNet, MixNetFeatures
-from mixconv.models.mobilenet import MobileNetSpec, mobilenet_from_spec
+from mixconv.layers.pooling import check_pool_type
+from mixconv.models.mobilenet import MobileNetFeatures, MobileNetSpec, mobilenet_from_spec
+from mixconv.models.mobilenet import _Classifier as _MobileNetClassifier
 from mixconv.models.pretrained_cfg import cfg_from_meta, set_pretrained_cfg
 from mixconv.models.registry import get_model_def, list_models
 from mixconv.models.space import SearchSpace
@@ -84,9 +86,11 @@ def create_model(
     drop_rate: float | None = None,
     drop_path_rate: float | None = None,
     features_only: bool = False,
-    out_indices: Sequence[int] | None = None,
+    out_indices: Sequence[int] | int | None = None,
+    global_pool: str | None = None,
+    feature_cls: str | None = None,
 ) -> nn.Module:
-    """Build a MixNet.
+    """Build a MixNet (or any registered model), with timm's ``create_model`` arguments.
 
     Args:
         name_or_yaml: a registered name (see :func:`list_models`), a path to a ``.yaml``/``.yml`` config, a
@@ -104,46 +108,77 @@ def create_model(
         in_chans: input channels (default 3, or the hub folder's); pretrained stem weights are adapted.
         drop_rate: dropout before the classifier (default: the variant's).
         drop_path_rate: stochastic depth rate of the last block, ramped linearly from 0.
-        features_only: return a :class:`MixNetFeatures` giving the feature maps at strides 2..32.
-        out_indices: which feature stages ``features_only`` returns (default: all).
+        features_only: return a features model (:class:`MixNetFeatures`, or the MobileNets'
+            :class:`~mixconv.models.mobilenet.MobileNetFeatures`) giving the feature maps at strides 2..32.
+        out_indices: which feature stages ``features_only`` returns (default: all; negative indices count from
+            the end, an int ``n`` means the last ``n``).
+        global_pool: ``avg`` (default), ``max``, ``avgmax``, ``catavgmax``, or ``''`` for no pooling (with
+            ``num_classes=0``, ``forward`` then returns the unpooled map).
+        feature_cls: timm's features-model kind; ``None``, ``list``, ``getter``, ``hook`` and ``fx`` all mean
+            the list of stage maps these models return; other values are refused.
     """
+    check_feature_cls(feature_cls, features_only)
+    if features_only and global_pool is not None:
+        raise ValueError(f"global_pool={global_pool!r} is not used with features_only=True (a features model has "
+                         f"no pooling); leave it out")
     hub_dir = _hub_folder(name_or_yaml)
     if hub_dir is not None:
         return create_from_hub(hub_dir, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans,
                                drop_rate=drop_rate, drop_path_rate=drop_path_rate, features_only=features_only,
-                               out_indices=out_indices)
+                               out_indices=out_indices, global_pool=global_pool)
     if isinstance(pretrained, bool):
         if pretrained:
             raise ValueError("pretrained=True needs a hub folder as the model; otherwise pass a checkpoint path")
         pretrained = None
     num_classes = 1000 if num_classes is None else num_classes
     in_chans = 3 if in_chans is None else in_chans
+    pool = "avg" if global_pool is None else check_pool_type(global_pool)
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices is only used with features_only=True")
     space = search_space_of(name_or_yaml)
     if space is not None:
-        if features_only or out_indices is not None or drop_path_rate:
-            raise ValueError("a supernet (search space) supports no features_only, out_indices or drop_path_rate")
+        if features_only or out_indices is not None or drop_path_rate or pool != "avg":
+            raise ValueError("a supernet (search space) supports no features_only, out_indices, drop_path_rate or "
+                             "global_pool other than 'avg'")
         supernet = Supernet(space, num_classes, in_chans, drop_rate)
         return _finish(supernet, "supernet", ModelMeta(), in_chans, pretrained)
     mobilenet = mobilenet_spec_of(name_or_yaml)
     if mobilenet is not None:
-        if features_only or out_indices is not None or drop_path_rate:
-            raise ValueError("a MixConv-MobileNet supports no features_only, out_indices or drop_path_rate")
+        if drop_path_rate:
+            raise ValueError("a MixConv-MobileNet supports no drop_path_rate")
         name = "mobilenet" if isinstance(name_or_yaml, MobileNetSpec) else Path(name_or_yaml).stem
-        model = mobilenet_from_spec(mobilenet, num_classes, in_chans, drop_rate)
+        model = mobilenet_from_spec(mobilenet, num_classes, in_chans, drop_rate, global_pool=pool)
+        if features_only:
+            model = MobileNetFeatures(model, out_indices)
         return _finish(model, name, ModelMeta(), in_chans, pretrained)
     name, spec, meta = resolve_model_name(name_or_yaml)
     if spec is None:
         model = _create_from_builder(name, num_classes, in_chans, drop_rate, drop_path_rate, features_only,
-                                     out_indices)
+                                     out_indices, pool)
         return _finish(model, name, meta, in_chans, pretrained)
     dpr = 0.0 if drop_path_rate is None else float(drop_path_rate)
     if features_only:
         model: nn.Module = MixNetFeatures(spec, out_indices, in_chans=in_chans, drop_path_rate=dpr, meta=meta)
     else:
-        if out_indices is not None:
-            raise ValueError("out_indices is only used with features_only=True")
-        model = MixNet(spec, num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=dpr, meta=meta)
+        model = MixNet(spec, num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=dpr, meta=meta,
+                       global_pool=pool)
     return _finish(model, name, meta, in_chans, pretrained)
+
+
+# timm's features-model kinds that mean "the list of stage maps" (what mixconv's features models return).
+FEATURE_CLS = ("list", "getter", "hook", "fx")
+
+
+def check_feature_cls(feature_cls: object, features_only: bool) -> None:
+    """Accept timm's ``feature_cls`` values that mean a list of stage maps; refuse the others clearly."""
+    if feature_cls is None:
+        return
+    if not isinstance(feature_cls, str) or feature_cls.lower() not in FEATURE_CLS:
+        raise ValueError(f"feature_cls={feature_cls!r} is not supported; expected None or one of "
+                         f"{', '.join(repr(c) for c in FEATURE_CLS)} (each gives the list of stage feature maps; "
+                         f"timm's 'dict' and custom classes are not available)")
+    if not features_only:
+        raise ValueError(f"feature_cls={feature_cls!r} is only used with features_only=True")
 
 
 def _hub_folder(name_or_yaml: object) -> Path | None:
@@ -177,15 +212,19 @@ def _create_from_builder(
     drop_rate: float | None,
     drop_path_rate: float | None,
     features_only: bool,
-    out_indices: Sequence[int] | None,
+    out_indices: Sequence[int] | int | None,
+    global_pool: str,
 ) -> nn.Module:
     """A registered non-MixNet model (``ModelDef.builder``); MixNet-only options are refused clearly."""
-    for option, value in (("drop_path_rate", drop_path_rate), ("out_indices", out_indices)):
-        if value is not None:
-            raise ValueError(f"{option} is not supported by {name!r} (only by MixNet models)")
+    if drop_path_rate is not None:
+        raise ValueError(f"drop_path_rate is not supported by {name!r} (only by MixNet models)")
+    model = get_model_def(name).builder(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                                        global_pool=global_pool)
     if features_only:
-        raise ValueError(f"features_only is not supported by {name!r} (only by MixNet models)")
-    return get_model_def(name).builder(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+        if not isinstance(model, _MobileNetClassifier):
+            raise ValueError(f"features_only is not supported by {name!r}")
+        return MobileNetFeatures(model, out_indices)
+    return model
 
 
 def _load_strict(model: nn.Module, cfg: HubConfig) -> None:
@@ -207,7 +246,8 @@ def _load_strict(model: nn.Module, cfg: HubConfig) -> None:
 def create_from_hub(path: str | Path, *, num_classes: Optional[int] = None, pretrained: Any = None,
                     in_chans: Optional[int] = None, architecture: Optional[str] = None,
                     drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None,
-                    features_only: bool = False, out_indices: Optional[Sequence[int]] = None) -> nn.Module:
+                    features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
+                    global_pool: Optional[str] = None) -> nn.Module:
     """``create_model(DIR)``: the folder's architecture, classes and preprocessing.
 
     ``pretrained=True`` (or the folder itself) loads its weights: exactly when the classes and channels are
@@ -219,7 +259,8 @@ def create_from_hub(path: str | Path, *, num_classes: Optional[int] = None, pret
     n = cfg.num_classes if num_classes is None else num_classes
     c = cfg.in_chans if in_chans is None else in_chans
     model = create_model(architecture or cfg.architecture, num_classes=n, in_chans=c, drop_rate=drop_rate,
-                         drop_path_rate=drop_path_rate, features_only=features_only, out_indices=out_indices)
+                         drop_path_rate=drop_path_rate, features_only=features_only, out_indices=out_indices,
+                         global_pool=global_pool)
     own = pretrained is True or (pretrained is not None and pretrained is not False
                                  and _folder(pretrained).resolve() == cfg.folder.resolve())
     if own and (n, c) == (cfg.num_classes, cfg.in_chans) and hasattr(model, "classifier"):

@@ -46,8 +46,11 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript (eval/export only) keeps the reference path
-            # Re-checked per call: convert_sync_batchnorm or a user may have replaced the conv or the BN.
-            if self.bn_from_input and self.bn.training and _bn_from_input_applies(self.conv, self.bn):
+            # Re-checked per call: convert_sync_batchnorm or a user may have replaced the conv or the BN. A
+            # torch.fx trace records the reference conv -> BN -> act (the same function; graph tools such as FX
+            # quantization know that pattern, and the fused path's autocast guard reads the device of x).
+            if (self.bn_from_input and self.bn.training and not isinstance(x, torch.fx.Proxy)
+                    and _bn_from_input_applies(self.conv, self.bn)):
                 return self.act(self.forward_bn_from_input(x))
         return self.act(self.bn(self.conv(x)))
 

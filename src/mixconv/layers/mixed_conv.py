@@ -335,7 +335,8 @@ class MixConv2d(nn.Module):
         # Eval mode runs the reference computation: FLOP counters then see the logical MACs (not the zero taps),
         # and fast inference is mixconv.optimize_for_inference's job (BN folded, merged, eval only).
         if not torch.jit.is_scripting():  # TorchScript (eval/export only) keeps the reference path
-            if self.impl in ("merged", "triton") and self.training:  # triton on CPU: merged
+            # triton on CPU: merged. A torch.fx trace records the reference split computation (same function).
+            if self.impl in ("merged", "triton") and self.training and not isinstance(x, torch.fx.Proxy):
                 return self.forward_merged(x)
         return self.forward_split(x)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +16,9 @@ from mixconv.layers import (
     grouped_conv1x1,
 )
 from mixconv.models.builder import ResolvedBlock, ResolvedNet, resolve
+from mixconv.models.checkpointing import checkpoint_blocks
+from mixconv.models.contract import ContractClassifier, check_num_classes
+from mixconv.models.feature_info import FeatureInfo, take_indices
 from mixconv.models.specs import MixNetSpec, ModelMeta
 
 
@@ -81,11 +84,12 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class MixNet(nn.Module):
+class MixNet(ContractClassifier):
     """A MixNet image classifier built from a :class:`MixNetSpec`.
 
     ``forward_features`` returns the head-conv feature map (``num_features`` channels, stride 32),
-    ``forward_head`` pools, applies dropout and the classifier; ``forward`` is both.
+    ``forward_head`` pools (``global_pool``), applies dropout and the classifier; ``forward`` is both. The rest
+    of timm's model API comes from :class:`~mixconv.models.contract.ContractClassifier`.
     """
 
     def __init__(
@@ -96,57 +100,68 @@ class MixNet(nn.Module):
         drop_rate: float | None = None,
         drop_path_rate: float = 0.0,
         meta: ModelMeta | None = None,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        check_num_classes(num_classes)
+        _check_in_chans(in_chans)
         self.spec = spec
         self.meta = meta or ModelMeta()
         self.in_chans = in_chans
         self.channels_last = True  # run the trunk in NHWC (see _channels_last); False gives the plain NCHW model
-        self.drop_rate = float(spec.drop_rate if drop_rate is None else drop_rate)
         net = resolve(spec, drop_path_rate)
         self.stem, self.stages = _build_trunk(net, in_chans, len(net.stages))
         head_in = net.stages[-1][-1].out_channels
-        self.head = ConvNormAct(nn.Conv2d(head_in, net.num_features, 1, bias=False), net.stem_act, net.bn_eps)
-        self.num_features = net.num_features
-        self.feature_info = net.feature_info()
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(self.drop_rate)
-        self.num_classes = num_classes
-        self.classifier: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.head: nn.Module = ConvNormAct(nn.Conv2d(head_in, net.num_features, 1, bias=False), net.stem_act,
+                                           net.bn_eps)
+        self.init_head(net.num_features, num_classes, global_pool,
+                       spec.drop_rate if drop_rate is None else drop_rate, FeatureInfo(net.feature_info()))
         init_weights(self)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one for ``num_classes`` (0 removes it)."""
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        if num_classes:
-            init_weights(self.classifier)
+    def init_classifier(self, classifier: nn.Module) -> None:
+        init_weights(classifier)
 
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return _channels_last(x) if self.channels_last else x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = _channels_last(x)
-        return self.head(self.stages(self.stem(x)))
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.forward_trunk_checkpointed(x)
+        return self.head(self.stages(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(self.global_pool(x).flatten(1))
-        return x if pre_logits else self.classifier(x)
+    def stage_modules(self) -> list[nn.Sequential]:
+        return list(self.stages)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def head_module(self) -> nn.Module:
+        return self.head
+
+    def truncate_stages(self, num_stages: int) -> None:
+        self.stages = self.stages[:num_stages]
+
+    def remove_head_module(self) -> None:
+        self.head = nn.Identity()
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """The stem, each block (each stage when ``coarse``), then the head conv (timm's EfficientNet groups)."""
+        return {"stem": r"^stem\.",
+                "blocks": [(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None),
+                           (r"^head\.", (99999,))]}
+
+
+def _check_in_chans(in_chans: object) -> None:
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
 
 
 class MixNetFeatures(nn.Module):
     """The MixNet trunk returning the feature maps of the stages in ``out_indices``.
 
     Stage ``i`` ends at output stride ``2 ** (i + 1)`` (2, 4, 8, 16, 32). Module names equal the classifier's,
-    so a classifier's weights load into it (the head keys are simply not used).
+    so a classifier's weights load into it (the head keys are simply not used). ``feature_info`` describes
+    every stage; its ``channels()``/``reduction()`` answer for ``out_indices`` (timm's features model).
     """
 
     def __init__(
@@ -158,26 +173,38 @@ class MixNetFeatures(nn.Module):
         meta: ModelMeta | None = None,
     ) -> None:
         super().__init__()
+        _check_in_chans(in_chans)
         net = resolve(spec, drop_path_rate)
         n = len(net.stages)
-        indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
-        if not indices or any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in indices):
-            raise ValueError(f"out_indices must be stage indices in [0, {n - 1}] (or negative), got {out_indices!r}")
-        self.out_indices = tuple(sorted({i % n for i in indices}))
+        if out_indices is not None and not isinstance(out_indices, int) and not list(out_indices):
+            raise ValueError(f"out_indices is empty; give stage indices in [0, {n - 1}] (or negative)")
+        try:
+            taken = take_indices(n, None if out_indices is None else
+                                 (out_indices if isinstance(out_indices, int) else list(out_indices)))[0]
+        except ValueError as e:
+            raise ValueError(f"out_indices: {e}") from None
+        self.out_indices = tuple(sorted(set(taken)))
         self.spec = spec
         self.meta = meta or ModelMeta()
         self.in_chans = in_chans
         self.channels_last = True  # as MixNet.channels_last
+        self.grad_checkpointing = False
         self.stem, self.stages = _build_trunk(net, in_chans, max(self.out_indices) + 1)
-        all_info = net.feature_info()
-        self.feature_info = [all_info[i] for i in self.out_indices]
+        self.feature_info = FeatureInfo(net.feature_info(), self.out_indices)
         init_weights(self)
 
     def channels(self) -> list[int]:
-        return [f["num_chs"] for f in self.feature_info]
+        return self.feature_info.channels()
 
     def reductions(self) -> list[int]:
-        return [f["reduction"] for f in self.feature_info]
+        return self.feature_info.reduction()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """As :meth:`MixNet.set_grad_checkpointing`."""
+        self.grad_checkpointing = bool(enable)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {"stem": r"^stem\.", "blocks": r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)"}
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.channels_last:
@@ -185,7 +212,14 @@ class MixNetFeatures(nn.Module):
         x = self.stem(x)
         out: list[torch.Tensor] = []
         for i, stage in enumerate(self.stages):
-            x = stage(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = self.forward_stage_checkpointed(stage, x)
+            else:
+                x = stage(x)
             if i in self.out_indices:
                 out.append(x)
         return out
+
+    @torch.jit.unused
+    def forward_stage_checkpointed(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint_blocks(stage, x)

@@ -12,8 +12,9 @@ paper's studies (one kernel everywhere, one layer changed, exponential partition
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +22,9 @@ from torch import nn
 from mixconv.layers import ConvNormAct, MixConv2d
 from mixconv.layers.mixed_conv import SPLIT_MODES, check_kernel_sizes
 from mixconv.models.builder import make_divisible
+from mixconv.models.checkpointing import checkpoint_blocks
+from mixconv.models.contract import ContractClassifier
+from mixconv.models.feature_info import FeatureInfo, take_indices
 from mixconv.models.registry import register
 from mixconv.models.specs import ModelDef, ModelMeta
 
@@ -146,39 +150,116 @@ def _init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class _Classifier(nn.Module):
-    """Shared classifier contract (as :class:`mixconv.MixNet`): features, pooled head, resettable classifier."""
+def _stage_ends(strides: Sequence[int]) -> list[int]:
+    """The index of the last block at each output stride (the stem has stride 2)."""
+    reductions, r = [], 2
+    for s in strides:
+        r *= s
+        reductions.append(r)
+    return [i for i, red in enumerate(reductions) if i + 1 == len(reductions) or reductions[i + 1] != red]
 
-    num_features: int
-    features: nn.Module
 
-    def _make_head(self, num_classes: int, drop_rate: float) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        self.num_classes = num_classes
-        self.drop_rate = float(drop_rate)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(self.drop_rate)
-        self.classifier: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+class _Classifier(ContractClassifier):
+    """The MobileNets' side of the timm contract (:class:`~mixconv.models.contract.ContractClassifier`):
+    ``features`` holds the blocks (then, in V2, the 1x1 head conv); a feature stage ends at each change of
+    output stride."""
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one for ``num_classes`` (0 removes it)."""
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        _init(self.classifier)
+    def _make_head(self, num_blocks: int, strides: Sequence[int], channels: Sequence[int], num_classes: int,
+                   drop_rate: float, global_pool: str) -> None:
+        self.num_blocks = num_blocks
+        self.stage_ends = _stage_ends(strides)
+        self.grad_checkpointing = False
+        red = [2 * math.prod(strides[: i + 1]) for i in range(len(strides))]
+        info = FeatureInfo([{"num_chs": channels[i], "reduction": red[i], "module": f"features.{i}"}
+                            for i in self.stage_ends])
+        self.init_head(self.num_features, num_classes, global_pool, drop_rate, info)
 
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
+    def init_classifier(self, classifier: nn.Module) -> None:
+        _init(classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.stem(x))
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.forward_trunk_checkpointed(x)
+        return self.features(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(self.global_pool(x).flatten(1))
-        return x if pre_logits else self.classifier(x)
+    def stage_modules(self) -> list[nn.Sequential]:
+        starts = [0] + [e + 1 for e in self.stage_ends[:-1]]
+        return [self.features[a: e + 1] for a, e in zip(starts, self.stage_ends)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def head_module(self) -> nn.Module:
+        return self.features[-1] if len(self.features) > self.num_blocks else nn.Identity()
+
+    def truncate_stages(self, num_stages: int) -> None:
+        end = self.stage_ends[num_stages - 1] + 1
+        self.features = self.features[:end]
+        self.num_blocks, self.stage_ends = end, self.stage_ends[:num_stages]
+
+    def remove_head_module(self) -> None:
+        self.features = self.features[: self.num_blocks]
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """The stem, each block (each stage when ``coarse``), then V2's head conv."""
+        if not coarse:
+            blocks: list[tuple[str, Any]] = [(r"^features\.(\d+)\.", None)]
+        else:
+            starts = [0] + [e + 1 for e in self.stage_ends[:-1]]
+            blocks = [(r"^features\.(?:" + "|".join(str(i) for i in range(a, e + 1)) + r")\.", (k,))
+                      for k, (a, e) in enumerate(zip(starts, self.stage_ends))]
+            if len(self.features) > self.num_blocks:  # V2's head conv
+                blocks.append((rf"^features\.{self.num_blocks}\.", (99999,)))
+        return {"stem": r"^stem\.", "blocks": blocks}
+
+
+class MobileNetFeatures(nn.Module):
+    """A MixConv-MobileNet's trunk returning the feature maps of the stages in ``out_indices`` (output strides
+    2, 4, 8, 16, 32). Built from the classifier, whose module names it keeps, so its weights load unchanged."""
+
+    def __init__(self, model: _Classifier, out_indices: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+        info = model.feature_info
+        if out_indices is not None and not isinstance(out_indices, int) and not list(out_indices):
+            raise ValueError(f"out_indices is empty; give stage indices in [0, {len(info) - 1}] (or negative)")
+        try:
+            taken = take_indices(len(info), None if out_indices is None else
+                                 (out_indices if isinstance(out_indices, int) else list(out_indices)))[0]
+        except ValueError as e:
+            raise ValueError(f"out_indices: {e}") from None
+        self.out_indices = tuple(sorted(set(taken)))
+        self.return_blocks: list[int] = [model.stage_ends[i] for i in self.out_indices]
+        model.prune_intermediate_layers(list(self.out_indices), prune_head=True)
+        self.in_chans, self.meta, self.mobilenet_spec = model.in_chans, model.meta, model.mobilenet_spec
+        self.stem, self.features = model.stem, model.features
+        self.feature_info = FeatureInfo(info.info, self.out_indices)
+        self.grad_checkpointing = False
+
+    def channels(self) -> list[int]:
+        return self.feature_info.channels()
+
+    def reductions(self) -> list[int]:
+        return self.feature_info.reduction()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = bool(enable)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {"stem": r"^stem\.", "blocks": r"^features\.(\d+)\."}
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        out: list[torch.Tensor] = []
+        for i, block in enumerate(self.features):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = self.forward_block_checkpointed(block, x)
+            else:
+                x = block(x)
+            if i in self.return_blocks:
+                out.append(x)
+        return out
+
+    @torch.jit.unused
+    def forward_block_checkpointed(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint_blocks(nn.Sequential(block), x)
 
 
 class MixConvMobileNetV1(_Classifier):
@@ -186,13 +267,13 @@ class MixConvMobileNetV1(_Classifier):
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                  kernel_sizes: Sequence[int] = PAPER_KERNELS, width_mult: float = 1.0, split: str = "equal",
-                 layers: Optional[Sequence[Depthwise]] = None) -> None:
+                 layers: Optional[Sequence[Depthwise]] = None, global_pool: str = "avg") -> None:
         super().__init__()
         self.in_chans = in_chans
         self.meta = ModelMeta(source=_SOURCE)
         c = make_divisible(32 * width_mult)
         self.stem = ConvNormAct(_conv(in_chans, c, 3, 2), "relu")
-        blocks = []
+        blocks, channels = [], []
         self.mobilenet_spec = MobileNetSpec(1, _layers(layers, 1, kernel_sizes, split), width_mult)
         for (out, stride), dw in zip(V1_BLOCKS, self.mobilenet_spec.layers):
             out = make_divisible(out * width_mult)
@@ -201,9 +282,10 @@ class MixConvMobileNetV1(_Classifier):
                 ConvNormAct(_conv(c, out), "relu"),
             ))
             c = out
+            channels.append(c)
         self.features = nn.Sequential(*blocks)
         self.num_features = c
-        self._make_head(num_classes, drop_rate)
+        self._make_head(len(blocks), self.mobilenet_spec.strides(), channels, num_classes, drop_rate, global_pool)
         _init(self)
 
 
@@ -213,6 +295,7 @@ class InvertedResidual(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, expansion: int, dw: Depthwise):
         super().__init__()
         mid = cin * expansion
+        self.out_channels = cout
         self.has_skip = stride == 1 and cin == cout
         self.expand = ConvNormAct(_conv(cin, mid), "relu6") if expansion != 1 else nn.Identity()
         self.dw = _dw_conv(mid, dw, stride, "relu6")
@@ -228,7 +311,7 @@ class MixConvMobileNetV2(_Classifier):
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2,
                  kernel_sizes: Sequence[int] = PAPER_KERNELS, width_mult: float = 1.0, split: str = "equal",
-                 layers: Optional[Sequence[Depthwise]] = None) -> None:
+                 layers: Optional[Sequence[Depthwise]] = None, global_pool: str = "avg") -> None:
         super().__init__()
         self.in_chans = in_chans
         self.meta = ModelMeta(source=_SOURCE)
@@ -242,34 +325,39 @@ class MixConvMobileNetV2(_Classifier):
             for i in range(n):
                 blocks.append(InvertedResidual(c, out, s if i == 0 else 1, t, next(choices)))
                 c = out
+        channels = [b.out_channels for b in blocks]
         self.num_features = make_divisible(1280 * max(1.0, width_mult))
         blocks.append(ConvNormAct(_conv(c, self.num_features), "relu6"))
         self.features = nn.Sequential(*blocks)
-        self._make_head(num_classes, drop_rate)
+        self._make_head(len(blocks) - 1, self.mobilenet_spec.strides(), channels, num_classes, drop_rate, global_pool)
         _init(self)
 
 
 _SOURCE = "Tan & Le 2019, MixConv, section 2 (MixConv-MobileNet, kernels 3/5/7/9)"
 
 
-def mobilenet_v1_mixconv(num_classes: int = 1000, in_chans: int = 3, drop_rate: float | None = None) -> nn.Module:
+def mobilenet_v1_mixconv(num_classes: int = 1000, in_chans: int = 3, drop_rate: float | None = None,
+                         global_pool: str = "avg") -> nn.Module:
     """MixConv-MobileNetV1 of the paper's section 2 (kernels 3/5/7/9, equal split)."""
-    return MixConvMobileNetV1(num_classes, in_chans, 0.0 if drop_rate is None else drop_rate)
+    return MixConvMobileNetV1(num_classes, in_chans, 0.0 if drop_rate is None else drop_rate,
+                              global_pool=global_pool)
 
 
-def mobilenet_v2_mixconv(num_classes: int = 1000, in_chans: int = 3, drop_rate: float | None = None) -> nn.Module:
+def mobilenet_v2_mixconv(num_classes: int = 1000, in_chans: int = 3, drop_rate: float | None = None,
+                         global_pool: str = "avg") -> nn.Module:
     """MixConv-MobileNetV2 of the paper's section 2 (kernels 3/5/7/9, equal split)."""
-    return MixConvMobileNetV2(num_classes, in_chans, 0.2 if drop_rate is None else drop_rate)
+    return MixConvMobileNetV2(num_classes, in_chans, 0.2 if drop_rate is None else drop_rate,
+                              global_pool=global_pool)
 
 
 def mobilenet_from_spec(spec: MobileNetSpec, num_classes: int = 1000, in_chans: int = 3,
-                        drop_rate: float | None = None) -> nn.Module:
+                        drop_rate: float | None = None, global_pool: str = "avg") -> nn.Module:
     """The network a :class:`MobileNetSpec` describes (dropout: V1 0.0, V2 0.2, as the registered models)."""
     if spec.version == 1:
         return MixConvMobileNetV1(num_classes, in_chans, 0.0 if drop_rate is None else drop_rate,
-                                  width_mult=spec.width_mult, layers=spec.layers)
+                                  width_mult=spec.width_mult, layers=spec.layers, global_pool=global_pool)
     return MixConvMobileNetV2(num_classes, in_chans, 0.2 if drop_rate is None else drop_rate,
-                              width_mult=spec.width_mult, layers=spec.layers)
+                              width_mult=spec.width_mult, layers=spec.layers, global_pool=global_pool)
 
 
 register(ModelDef("mobilenet_v1_mixconv", None, ModelMeta(source=_SOURCE), builder=mobilenet_v1_mixconv))

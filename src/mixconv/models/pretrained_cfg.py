@@ -7,6 +7,7 @@ model's own preprocessing. It starts from the variant's :class:`ModelMeta` and i
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -20,12 +21,21 @@ CLASSIFIER = "classifier"
 PREPROCESS_FIELDS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 
 
-def cfg_from_meta(meta: ModelMeta, *, architecture: str, num_classes: int, in_chans: int = 3) -> dict[str, Any]:
-    """A ``pretrained_cfg`` for a freshly built model of a registered variant (or a custom spec)."""
+def pool_size(input_size: tuple[int, ...], reduction: int) -> tuple[int, int]:
+    """The size of the final feature map (what ``global_pool=''`` returns) for ``input_size``: each side divided
+    by the output stride, rounded up (every stride-2 layer pads to ``ceil``)."""
+    return (math.ceil(input_size[-2] / reduction), math.ceil(input_size[-1] / reduction))
+
+
+def cfg_from_meta(meta: ModelMeta, *, architecture: str, num_classes: int, in_chans: int = 3,
+                  reduction: int = 32) -> dict[str, Any]:
+    """A ``pretrained_cfg`` for a freshly built model of a registered variant (or a custom spec);
+    ``reduction`` is the output stride of the final feature map."""
     mean, std = _per_channel(meta.mean, in_chans), _per_channel(meta.std, in_chans)
     return {
         "architecture": architecture,
         "input_size": (in_chans, *meta.input_size[1:]),
+        "pool_size": pool_size(meta.input_size, reduction),
         "fixed_input_size": False,
         "interpolation": meta.interpolation,
         "crop_pct": meta.crop_pct,
@@ -65,6 +75,9 @@ def set_pretrained_cfg(model: nn.Module, **fields: Any) -> dict[str, Any]:
     """Update ``model.pretrained_cfg`` with ``fields`` (unknown timm fields are kept as given)."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     cfg.update(fields)
+    info = getattr(model, "feature_info", None)
+    if "input_size" in cfg and info is not None and len(info):
+        cfg["pool_size"] = pool_size(tuple(cfg["input_size"]), int(info[-1]["reduction"]))
     if hasattr(model, "num_classes"):
         cfg["num_classes"] = int(model.num_classes)
     if not hasattr(model, "classifier"):  # features-only trunk: timm drops the head fields too
@@ -75,7 +88,7 @@ def set_pretrained_cfg(model: nn.Module, **fields: Any) -> dict[str, Any]:
     return cfg
 
 
-__all__ = ["CLASSIFIER", "FIRST_CONV", "PREPROCESS_FIELDS", "cfg_from_meta", "cfg_from_preprocess",
+__all__ = ["CLASSIFIER", "FIRST_CONV", "PREPROCESS_FIELDS", "cfg_from_meta", "pool_size", "cfg_from_preprocess",
            "preprocess_from_cfg", "set_pretrained_cfg"]
 
 

@@ -78,6 +78,7 @@ class TrainConfig:
     opt_eps: float = 1e-8
     rmsprop_decay: float = 0.9
     weight_decay: float = 1e-4
+    layer_decay: Optional[float] = None  # timm's layer-wise lr decay over the model's group_matcher groups
     sched: str = "cosine"
     warmup_epochs: float = 0.0
     warmup_lr_factor: float = 0.01  # warmup starts at lr * this
@@ -90,6 +91,7 @@ class TrainConfig:
     # runtime
     amp: str = "none"
     channels_last: bool = False
+    grad_checkpointing: bool = False  # recompute block activations in the backward (less memory)
     compile: bool = False
     sync_bn: bool = False
     seed: int = 0
@@ -114,6 +116,8 @@ class TrainConfig:
             ("shuffle_buffer", self.shuffle_buffer >= 1, "an int >= 1"),
             ("checkpoint_every", self.checkpoint_every >= 0, "an int >= 0 (0: at epoch ends only)"),
             ("lr", self.lr > 0, "a positive number"),
+            ("layer_decay", self.layer_decay is None or 0 < self.layer_decay <= 1,
+             "a number in (0, 1] (1: no decay; leave it out for plain parameter groups)"),
             ("lr_base_size", self.lr_base_size >= 1, "an int >= 1"),
             ("val_fraction", 0 < self.val_fraction < 1, "a number in (0, 1)"),
             ("holdout_fraction", 0 <= self.holdout_fraction < 1, "a number in [0, 1) (0: no held-out part)"),

@@ -128,7 +128,7 @@ def train_one_epoch(
         tot.loss_sum += loss.item() * hard_targets.size(0)
         tot.images += hard_targets.size(0)
         tot.seconds = seconds_before + time.perf_counter() - start
-        progress.update(i, loss=loss.item(), lr=optimizer.param_groups[0]["lr"],
+        progress.update(i, loss=loss.item(), lr=_peak_lr(optimizer),
                         img_s=tot.images * info.world_size / max(tot.seconds, 1e-9))
         if do_step and after_step is not None:
             try:
@@ -140,7 +140,7 @@ def train_one_epoch(
     tot.seconds = seconds_before + time.perf_counter() - start
     loss_sum, n_images, skipped = all_reduce_sum([tot.loss_sum, float(tot.images), float(tot.skipped)], info)
     return TrainStats(loss_sum / max(n_images, 1), int(n_images), tot.seconds, int(skipped),
-                      optimizer.param_groups[0]["lr"])
+                      _peak_lr(optimizer))
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -156,3 +156,8 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer,
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _peak_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The largest group rate (with layer decay the classifier's; without it every group's)."""
+    return max(float(g["lr"]) for g in optimizer.param_groups)

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "seconds",
                  "skipped_images")
 # Settings a resumed run may change; anything else must match the run being resumed.
-RESUME_CHANGEABLE = ("epochs", "workers", "log_interval", "checkpoint_every", "resume")
+RESUME_CHANGEABLE = ("epochs", "workers", "log_interval", "checkpoint_every", "grad_checkpointing", "resume")
 
 
 @dataclass
@@ -93,6 +93,11 @@ def build_model(cfg: TrainConfig, num_classes: int, info: DistInfo) -> nn.Module
         from mixconv.training.qat import setup_qat
 
         setup_qat(model, cfg)
+    if cfg.grad_checkpointing:
+        if not callable(getattr(model, "set_grad_checkpointing", None)):
+            raise TrainingError(f"--grad-checkpointing: {cfg.model} ({type(model).__name__}) has no "
+                                f"set_grad_checkpointing()")
+        model.set_grad_checkpointing(True)
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("classifier."))

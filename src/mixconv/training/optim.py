@@ -2,25 +2,46 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
 
+from mixconv.models.param_groups import group_parameters, layer_decay_scales
 from mixconv.training.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weight decay on conv/linear weights only, none on norms and biases (1-d tensors)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[float] = None) -> list[dict]:
+    """Weight decay on conv/linear weights only, none on norms and biases (1-d tensors).
+
+    With ``layer_decay`` (timm's layer-wise learning-rate decay), each of the model's parameter groups
+    (:func:`mixconv.models.param_groups.group_parameters`: stem, blocks, head conv, classifier) gets the
+    learning-rate multiplier ``lr_scale = layer_decay ** (last - index)``: the classifier trains at the full
+    rate, the stem at the smallest.
+    """
+    if layer_decay is None:
+        decay, no_decay = [], []
+        for _, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+    try:
+        names = group_parameters(model)
+    except TypeError as e:
+        raise ValueError(f"--layer-decay: {e}") from None
+    scales = layer_decay_scales(len(names), layer_decay)
+    params = dict(model.named_parameters())
+    out: list[dict] = []
+    for index, (group, scale) in enumerate(zip(names, scales)):
+        chosen = [params[n] for n in group if params[n].requires_grad]
+        for wd, members in ((weight_decay, [p for p in chosen if p.ndim > 1]), (0.0, [p for p in chosen if p.ndim <= 1])):
+            if members:
+                out.append({"params": members, "weight_decay": wd, "lr_scale": scale, "layer": index})
+    return out
 
 
 class RMSpropTF(torch.optim.Optimizer):
@@ -76,7 +97,10 @@ def scaled_lr(cfg: TrainConfig, world_size: int) -> float:
 
 
 def create_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    """The optimizer of ``cfg.opt`` at peak rate ``lr`` (each group's rate times its ``lr_scale``)."""
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for g in groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)  # LambdaLR keeps each group's initial rate as its base
     if cfg.opt == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.opt == "rmsproptf":

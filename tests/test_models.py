@@ -42,33 +42,6 @@ def test_forward_backward_every_param_gets_grad(name):
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_torch_export_matches_eager(name):
-    model = mixconv.create_model(name, num_classes=10).eval()
-    x = torch.randn(1, 3, 64, 64)
-    exported = torch.export.export(model, (x,))
-    with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", ["mixnet_s", "tf_mixnet_s"])
-def test_torchscript(name):
-    model = mixconv.create_model(name, num_classes=10).eval()
-    x = torch.randn(1, 3, 64, 64)
-    scripted = torch.jit.script(model)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", ["mixnet_s", "tf_mixnet_s"])
-def test_fx_symbolic_trace(name):
-    model = mixconv.create_model(name, num_classes=10).eval()
-    traced = torch.fx.symbolic_trace(model)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(traced(x), model(x))
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
 def test_features_only_shapes_and_strides(name):
     features = mixconv.create_model(name, features_only=True).eval()
     assert features.reductions() == [2, 4, 8, 16, 32]

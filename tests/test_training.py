@@ -274,3 +274,30 @@ def test_train_one_epoch_freeze_bn_keeps_running_statistics(freeze_bn):
     assert int(after["1.num_batches_tracked"]) == (0 if freeze_bn else 3)
     assert not torch.equal(before["1.weight"], after["1.weight"])
     assert not torch.equal(before["0.weight"], after["0.weight"])
+
+
+def test_layer_decay_and_grad_checkpointing_flags(tiny_model, image_folder, tmp_path):
+    """``--layer-decay`` builds per-group rates from the model's group_matcher (the classifier at the full rate,
+    the stem at the smallest) and the resolved settings record it; ``--grad-checkpointing`` trains the same."""
+    import yaml
+    from training_fixtures import cli_args
+
+    runs = {}
+    for ckpt in (False, True):
+        out = tmp_path / f"run{int(ckpt)}"
+        settings = tiny_settings(tiny_model, str(image_folder), out, epochs=1, layer_decay=0.5,
+                                 grad_checkpointing=ckpt)
+        r = run_cli("train", *cli_args(settings))
+        assert r.returncode == 0, r.stderr
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        assert saved["layer_decay"] == 0.5 and saved["grad_checkpointing"] is ckpt
+        runs[ckpt] = out
+    state = load_state(runs[False] / "last.state.pt")
+    rates = sorted({g["initial_lr"] for g in state["optimizer"]["param_groups"]})
+    assert len(rates) > 3 and rates[0] < rates[-1] and rates[-2] == pytest.approx(rates[-1] * 0.5)
+    plain, _ = read_checkpoint(runs[False] / "last.safetensors")
+    ckpt_sd, _ = read_checkpoint(runs[True] / "last.safetensors")
+    for k in plain:  # checkpointing changes memory, not the run
+        torch.testing.assert_close(ckpt_sd[k], plain[k], rtol=1e-4, atol=1e-5, msg=k)
+    r = run_cli("train", "--layer-decay", "1.5", "--output", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "layer_decay: got 1.5; expected a number in (0, 1]" in r.stderr

@@ -1,4 +1,4 @@
-"""Model-independent layers: MixConv, grouped 1x1 conv, squeeze-excite, conv-norm-act, drop-path."""
+"""Model-independent layers: MixConv, grouped 1x1 conv, squeeze-excite, conv-norm-act, drop-path, pooling."""
 from mixconv.layers.activations import ACTIVATION_NAMES, canonical_act_name, create_act
 from mixconv.layers.conv2d_same import Conv2dSame, create_conv2d
 from mixconv.layers.conv_norm_act import ConvNormAct
@@ -6,6 +6,7 @@ from mixconv.layers.drop_path import DropPath, drop_path
 from mixconv.layers.grouped_conv import grouped_conv1x1
 from mixconv.layers.mixed_conv import MixConv2d, split_channels
 from mixconv.layers.padding import pad_same
+from mixconv.layers.pooling import POOL_TYPES, SelectAdaptivePool2d
 from mixconv.layers.squeeze_excite import SqueezeExcite
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "ConvNormAct",
     "DropPath",
     "MixConv2d",
+    "POOL_TYPES",
+    "SelectAdaptivePool2d",
     "SqueezeExcite",
     "canonical_act_name",
     "create_act",

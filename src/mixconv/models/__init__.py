@@ -11,8 +11,11 @@ from mixconv.models.builder import (
     resolve,
     round_channels,
 )
+from mixconv.models.contract import ContractClassifier
+from mixconv.models.feature_info import FeatureInfo, take_indices
 from mixconv.models.mixnet import MixNet, MixNetBlock, MixNetFeatures
-from mixconv.models.mobilenet import Depthwise, MobileNetSpec, mobilenet_from_spec
+from mixconv.models.mobilenet import Depthwise, MobileNetFeatures, MobileNetSpec, mobilenet_from_spec
+from mixconv.models.param_groups import group_parameters, layer_decay_scales
 from mixconv.models.registry import (
     UnknownModelError,
     get_model_def,
@@ -22,7 +25,8 @@ from mixconv.models.registry import (
 from mixconv.models.specs import BlockRow, MixNetSpec, ModelDef, ModelMeta
 
 __all__ = [
-    "BlockRow", "Depthwise", "MixNet", "MixNetBlock", "MixNetFeatures", "MixNetSpec", "MobileNetSpec", "ModelDef", "ModelMeta",
+    "BlockRow", "ContractClassifier", "Depthwise", "FeatureInfo", "MobileNetFeatures", "group_parameters",
+    "layer_decay_scales", "take_indices", "MixNet", "MixNetBlock", "MixNetFeatures", "MixNetSpec", "MobileNetSpec", "ModelDef", "ModelMeta",
     "ResolvedBlock",
     "ResolvedNet", "UnknownModelError", "get_model_def", "list_models", "make_divisible", "mobilenet_from_spec", "register",
     "resolve", "round_channels",

@@ -226,7 +226,7 @@ class MobileNetFeatures(nn.Module):
         except ValueError as e:
             raise ValueError(f"out_indices: {e}") from None
         self.out_indices = tuple(sorted(set(taken)))
-        self.return_blocks: list[int] = [model.stage_ends[i] for i in self.out_indices]
+        self.return_blocks = [model.stage_ends[i] for i in self.out_indices]
         model.prune_intermediate_layers(list(self.out_indices), prune_head=True)
         self.in_chans, self.meta, self.mobilenet_spec = model.in_chans, model.meta, model.mobilenet_spec
         self.stem, self.features = model.stem, model.features

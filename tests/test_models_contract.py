@@ -156,9 +156,26 @@ def test_group_matcher_covers_every_parameter_once(name):
         assert all(n.startswith("stem.") for n in groups[0])  # input first
         assert groups[-1] == ["classifier.weight", "classifier.bias"]  # classifier last
     blocks = sum(len(s) for s in model.stage_modules())
-    assert len(fine) >= blocks + 2 and len(coarse) < len(fine)
+    assert len(fine) == blocks + 2 and len(coarse) == len(model.feature_info) + 2  # + stem, + classifier
+    if hasattr(model, "head") or "v2" in name:  # the head conv trains with the last block
+        assert any(n.startswith(("head.", "features.17.")) for n in fine[-2])
     scales = layer_decay_scales(len(fine), 0.8)
     assert scales[0] == min(scales) and scales[-1] == 1.0
+
+
+@pytest.mark.parametrize("name", ["mixnet_s", "mobilenet_v2_mixconv"])
+def test_layer_decay_equals_timms_optimizer_factory(name):
+    """timm's own layer decay (its train script's) reads group_matcher: the same scale for every parameter."""
+    from timm.optim import create_optimizer_v2
+
+    from mixconv.training.optim import param_groups
+
+    model = mixconv.create_model(name, num_classes=10)
+    theirs = {id(p): g["lr_scale"] for g in create_optimizer_v2(model, "sgd", lr=0.1, layer_decay=0.75).param_groups
+              for p in g["params"]}
+    ours = {id(p): g["lr_scale"] for g in param_groups(model, 1e-4, 0.75) for p in g["params"]}
+    assert ours.keys() == theirs.keys()
+    assert all(ours[k] == pytest.approx(theirs[k]) for k in ours)
 
 
 def test_layer_decay_param_groups_give_the_stem_the_smallest_rate():
@@ -221,6 +238,7 @@ def test_fx_trace_and_feature_extractor_match_eager(name):
         ref = model(X)
         traced = torch.fx.symbolic_trace(model)
         assert torch.equal(traced(X), ref)
+        torch.testing.assert_close(torch.jit.script(traced)(X), ref, rtol=1e-5, atol=1e-5)  # FX, then TorchScript
         nodes = {info["module"]: f"stage{i}" for i, info in enumerate(model.feature_info)}
         nodes[list(nodes)[-1]] = "last"
         extractor = create_feature_extractor(model, return_nodes=nodes)

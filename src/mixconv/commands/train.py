@@ -46,7 +46,7 @@ _OPTIM = (
     ("--opt-eps", float, "optimizer epsilon"),
     ("--weight-decay", float, "weight decay (never on norms and biases)"),
     ("--layer-decay", float, "layer-wise lr decay in (0, 1]: the classifier trains at --lr, each earlier group "
-                             "of the model's group_matcher (head conv, blocks, stem) at this factor more"),
+                             "of the model's group_matcher (blocks, stem) at this factor more"),
     ("--sched", str, "cosine or step (x decay_rate every decay_epochs)"),
     ("--warmup-epochs", float, "linear warmup epochs"),
     ("--min-lr", float, "cosine floor"),

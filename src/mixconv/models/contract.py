@@ -7,7 +7,8 @@ implements them once, with timm's semantics, over three things a network says ab
 feature stages (:meth:`stage_modules`, one ``nn.Sequential`` of blocks per entry of ``feature_info``) and the
 module after the last stage (:meth:`head_module`, a 1x1 head conv or ``nn.Identity``).
 """
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: torch.fx copies forward's annotations into the code of a
+# traced graph, and TorchScript cannot resolve them as strings (timm's FX-then-TorchScript test does that).
 
 from typing import Any, Optional, Union
 

@@ -1,5 +1,6 @@
 """The MixNet network, its inverted-residual block, and the features-only variant."""
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: torch.fx copies forward's annotations into the code of a
+# traced graph, and TorchScript cannot resolve them as strings (timm's FX-then-TorchScript test does that).
 
 import math
 from typing import Any, Sequence
@@ -145,7 +146,8 @@ class MixNet(ContractClassifier):
         self.head = nn.Identity()
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """The stem, each block (each stage when ``coarse``), then the head conv (timm's EfficientNet groups)."""
+        """The stem, then each block (each stage when ``coarse``), the head conv with the last (timm's EfficientNet
+        groups)."""
         return {"stem": r"^stem\.",
                 "blocks": [(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None),
                            (r"^head\.", (99999,))]}

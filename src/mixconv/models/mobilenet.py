@@ -10,7 +10,8 @@ A :class:`MobileNetSpec` names one :class:`Depthwise` choice per depthwise layer
 paper's studies (one kernel everywhere, one layer changed, exponential partition, dilation) are typed data;
 :func:`mobilenet_from_spec` builds them.
 """
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: torch.fx copies forward's annotations into the code of a
+# traced graph, and TorchScript cannot resolve them as strings (timm's FX-then-TorchScript test does that).
 
 import math
 from dataclasses import dataclass
@@ -199,15 +200,17 @@ class _Classifier(ContractClassifier):
         self.features = self.features[: self.num_blocks]
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """The stem, each block (each stage when ``coarse``), then V2's head conv."""
+        """The stem, then each block (each stage when ``coarse``), V2's head conv with the last."""
+        # V2's head conv first: the first matching pattern decides, and it joins the group before it.
+        blocks: list[tuple[str, Any]] = []
+        if len(self.features) > self.num_blocks:
+            blocks.append((rf"^features\.{self.num_blocks}\.", (99999,)))
         if not coarse:
-            blocks: list[tuple[str, Any]] = [(r"^features\.(\d+)\.", None)]
+            blocks.append((r"^features\.(\d+)\.", None))
         else:
             starts = [0] + [e + 1 for e in self.stage_ends[:-1]]
-            blocks = [(r"^features\.(?:" + "|".join(str(i) for i in range(a, e + 1)) + r")\.", (k,))
-                      for k, (a, e) in enumerate(zip(starts, self.stage_ends))]
-            if len(self.features) > self.num_blocks:  # V2's head conv
-                blocks.append((rf"^features\.{self.num_blocks}\.", (99999,)))
+            blocks += [(r"^features\.(?:" + "|".join(str(i) for i in range(a, e + 1)) + r")\.", (k,))
+                       for k, (a, e) in enumerate(zip(starts, self.stage_ends))]
         return {"stem": r"^stem\.", "blocks": blocks}
 
 

@@ -1,7 +1,8 @@
 """Parameters grouped by a model's ``group_matcher``, as timm's ``group_parameters`` groups them.
 
-The groups run from the input to the output: the stem first, then each block (or stage), then the head conv;
-parameters no pattern matches (the classifier) form the last group. Layer-wise learning-rate decay scales
+The groups run from the input to the output: the stem first, then each block (or stage), the head conv in the
+last one (a pattern with the suffix ``(99999,)`` joins the group before it, as in timm); parameters no pattern
+matches (the classifier) form the last group. Layer-wise learning-rate decay scales
 each group's rate by ``decay ** (last - index)``.
 """
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Callable
 from torch import nn
 
 Key = tuple[float, ...]
+# A pattern whose suffix ends with this joins the group before it (timm's MATCH_PREV_GROUP).
+MATCH_PREV_GROUP = 99999.0
 
 
 def _compile(matcher: dict[str, Any]) -> list[tuple[re.Pattern[str], float, tuple[float, ...]]]:
@@ -47,10 +50,16 @@ def group_parameters(model: nn.Module, coarse: bool = False) -> list[list[str]]:
     if not callable(matcher):
         raise TypeError(f"{type(model).__name__} has no group_matcher(); parameter groups need one")
     key = _grouping(matcher(coarse=coarse))
-    groups: dict[Key, list[str]] = {}
+    by_key: dict[Key, list[str]] = {}
     for name, _ in model.named_parameters():
-        groups.setdefault(key(name), []).append(name)
-    return [groups[k] for k in sorted(groups)]
+        by_key.setdefault(key(name), []).append(name)
+    groups: list[list[str]] = []
+    for k in sorted(by_key):
+        if groups and k[-1] == MATCH_PREV_GROUP:  # e.g. the head conv joins the last block's group
+            groups[-1].extend(by_key[k])
+        else:
+            groups.append(list(by_key[k]))
+    return groups
 
 
 def layer_decay_scales(num_groups: int, decay: float) -> list[float]:

@@ -277,3 +277,29 @@ def test_channels_and_reductions_of_features_models_keep_working():
     clf = mixconv.create_model("mobilenet_v2_mixconv")
     missing = set(v2.state_dict()) - set(clf.state_dict())
     assert not missing
+
+
+def test_global_pool_survives_checkpoints_and_hub_folders(tmp_path):
+    import json
+
+    from mixconv.convert.hub import save_pretrained
+    from mixconv.factory.checkpoint import model_from_checkpoint, model_from_training_checkpoint
+    from mixconv.files.inputs import CheckpointError
+
+    model = trained_bn(mixconv.create_model("mixnet_s", num_classes=4, global_pool="max"))
+    path = mixconv.save_checkpoint(model, tmp_path / "m.safetensors")
+    hub = tmp_path / "hub"
+    save_pretrained(model, hub)
+    rebuilt = [model_from_checkpoint(path), model_from_training_checkpoint(path)[0],
+               mixconv.create_model(str(hub), pretrained=True)]
+    with torch.no_grad():
+        ref = model(X)
+        for other in rebuilt:
+            assert other.global_pool.pool_type == "max"
+            torch.testing.assert_close(other.eval()(X), ref)
+    cfg = json.loads((hub / "config.json").read_text())
+    assert cfg["model_args"]["global_pool"] == "max"
+    cfg["model_args"]["global_pool"] = "mean"
+    (hub / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"model_args.global_pool' is 'mean'"):
+        mixconv.create_model(str(hub))

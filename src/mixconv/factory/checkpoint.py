@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from mixconv.layers.pooling import POOL_TYPES
 from mixconv.factory.create import create_model, load_hub_model
 from mixconv.files.config import spec_from_dict
 from mixconv.files.mobilenet import is_mobilenet_document, mobilenet_from_dict
@@ -100,13 +101,14 @@ def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, 
     else:
         num_classes = int(sd["classifier.weight"].shape[0]) if "classifier.weight" in sd else 0
         in_chans = int(sd["stem.conv.weight"].shape[1]) if "stem.conv.weight" in sd else 3
+        pool = _header_pool(meta.get("global_pool"), path)
         if model is not None:
-            net = create_model(model, num_classes=num_classes, in_chans=in_chans)
+            net = create_model(model, num_classes=num_classes, in_chans=in_chans, global_pool=pool)
         elif meta.get("config"):
             arch = architecture_from_yaml(meta["config"], f"{path} (header 'config')")
-            net = create_model(arch, num_classes=num_classes, in_chans=in_chans)
+            net = create_model(arch, num_classes=num_classes, in_chans=in_chans, global_pool=pool)
         elif meta.get("model_name") in list_models():
-            net = create_model(meta["model_name"], num_classes=num_classes, in_chans=in_chans)
+            net = create_model(meta["model_name"], num_classes=num_classes, in_chans=in_chans, global_pool=pool)
         else:
             raise CheckpointError(
                 f"{path}: not a timm MixNet checkpoint and its header has no 'config' or registered 'model_name'; "
@@ -118,6 +120,16 @@ def model_from_checkpoint(path: str | Path, model: str | Path | None = None, *, 
     net.load_state_dict(sd, strict=True)
     _apply_checkpoint_preprocess(net, meta)
     return net
+
+
+def _header_pool(value: Any, path: str | Path) -> str:
+    """A checkpoint header's ``global_pool`` (``avg`` when absent: files written before it was recorded)."""
+    if value is None:
+        return "avg"
+    if value not in POOL_TYPES:
+        raise CheckpointError(f"{path}: header field 'global_pool' is {value!r}; expected one of "
+                              f"{', '.join(repr(p) for p in POOL_TYPES)}")
+    return str(value)
 
 
 def architecture_from_yaml(text: str, source: str) -> MixNetSpec | MobileNetSpec | SearchSpace:
@@ -151,7 +163,8 @@ def model_from_training_checkpoint(path: str | Path, num_classes: int | None = N
     name = extra.get("model_name", "")
     arch = architecture_from_yaml(extra["config_yaml"], f"{path} (header 'config')")
     n = int(extra.get("num_classes", 0)) if num_classes is None else num_classes
-    model = create_model(arch, num_classes=n, in_chans=int(extra.get("in_chans", 3)))
+    pool = _header_pool(extra.get("global_pool"), path)
+    model = create_model(arch, num_classes=n, in_chans=int(extra.get("in_chans", 3)), global_pool=pool)
     model.model_name = name or getattr(model, "model_name", "custom")
     load_pretrained(model, path)
     if "preprocess" in extra:  # timm's data tools then see the training preprocessing, not the variant's

@@ -260,7 +260,8 @@ def create_from_hub(path: str | Path, *, num_classes: Optional[int] = None, pret
     c = cfg.in_chans if in_chans is None else in_chans
     model = create_model(architecture or cfg.architecture, num_classes=n, in_chans=c, drop_rate=drop_rate,
                          drop_path_rate=drop_path_rate, features_only=features_only, out_indices=out_indices,
-                         global_pool=global_pool)
+                         global_pool=None if features_only else (cfg.global_pool if global_pool is None
+                                                                 else global_pool))
     own = pretrained is True or (pretrained is not None and pretrained is not False
                                  and _folder(pretrained).resolve() == cfg.folder.resolve())
     if own and (n, c) == (cfg.num_classes, cfg.in_chans) and hasattr(model, "classifier"):

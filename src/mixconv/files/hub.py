@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional
 import torch
 from safetensors.torch import save_file
 
+from mixconv.layers.pooling import POOL_TYPES
 from mixconv.files.atomic import atomic_write
 from mixconv.files.inputs import CheckpointError, read_text
 from mixconv.models.pretrained_cfg import (
@@ -61,6 +62,7 @@ class HubConfig:
     in_chans: int
     pretrained_cfg: dict[str, Any] = field(default_factory=dict)
     label_names: Optional[list[str]] = None
+    global_pool: str = "avg"
 
     def preprocess_cfg(self, in_chans: Optional[int] = None) -> dict[str, Any]:
         """The preprocessing fields of ``pretrained_cfg`` (input size with ``in_chans`` channels)."""
@@ -112,13 +114,17 @@ def read_hub_config(path: str | Path) -> HubConfig:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise CheckpointError(f"{cfg_path}: field '{name}' is {value!r}; expected a non-negative int")
     _check_preprocess(pcfg, cfg_path)
+    pool = model_args.get("global_pool", raw.get("global_pool", "avg"))
+    if pool not in POOL_TYPES:
+        raise CheckpointError(f"{cfg_path}: field 'model_args.global_pool' is {pool!r}; expected one of "
+                              f"{', '.join(repr(p) for p in POOL_TYPES)}")
     labels = raw.get("label_names")
     if isinstance(labels, dict):  # timm allows {index: name} with gaps; mixconv keeps a list
         labels = [str(labels.get(str(i), labels.get(i, i))) for i in range(num_classes)]
     if labels is not None and (not isinstance(labels, list) or len(labels) != num_classes):
         raise CheckpointError(f"{cfg_path}: field 'label_names' must list {num_classes} names (num_classes)")
     return HubConfig(folder, arch, int(num_classes), int(in_chans), dict(pcfg),
-                     [str(x) for x in labels] if labels is not None else None)
+                     [str(x) for x in labels] if labels is not None else None, pool)
 
 
 def _check_preprocess(pcfg: Mapping[str, Any], cfg_path: Path) -> None:

@@ -348,6 +348,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any]
         "model_name": str(getattr(model, "model_name", "")),
         "num_classes": str(getattr(model, "num_classes", 0)),
         "in_chans": str(getattr(model, "in_chans", 3)),
+        "global_pool": str(getattr(getattr(model, "global_pool", None), "pool_type", "avg")),
         "extra": json.dumps(dict(extra or {})),
     }
     return write_safetensors(model.state_dict(), path, meta)
@@ -374,6 +375,7 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
         extra.setdefault("model_name", header.get("model_name", ""))
         extra.setdefault("num_classes", int(header.get("num_classes", "0") or 0))
         extra.setdefault("in_chans", int(header.get("in_chans", "3") or 3))
+        extra.setdefault("global_pool", header.get("global_pool", "avg"))
     return sd, extra
 
 

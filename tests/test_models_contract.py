@@ -117,6 +117,8 @@ def test_forward_intermediates_equal_stage_outputs(name):
         model.forward_intermediates(X, output_fmt="NHWC")
     kept = model.prune_intermediate_layers(indices=[1, 2])
     assert kept == [1, 2] and len(model.feature_info) == 3 and model.num_features == inter[2].shape[1]
+    red = model.feature_info[-1]["reduction"]
+    assert model.pretrained_cfg["pool_size"] == (-(-224 // red),) * 2  # the map forward now returns
     with torch.no_grad():
         assert torch.equal(model(X), inter[2])  # no head conv, no pooling, no classifier
         assert all(torch.equal(a, b) for a, b in zip(model.forward_intermediates(X, [1, 2])[1], inter[1:3]))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -31,15 +31,17 @@ def _keep_norm_stats(module: nn.Module) -> Iterator[None]:
                 buf.copy_(value)
 
 
-def checkpoint_blocks(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``blocks(x)`` keeping only each block's input for the backward, which recomputes the block's activations.
+def checkpoint_blocks(blocks: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The blocks in turn, keeping only each block's input for the backward, which recomputes its activations.
 
     Outputs and gradients equal the plain run's (dropout and drop-path replay the same random draws), and so do
     BatchNorm's running statistics. Without gradients (inference) the blocks simply run.
     """
-    if not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy):
-        return blocks(x)
+    plain = not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy)
     for block in blocks:
+        if plain:
+            x = block(x)
+            continue
         x = checkpoint(block, x, use_reentrant=False,
                        context_fn=lambda b=block: (contextlib.nullcontext(), _keep_norm_stats(b)))
     return x

@@ -18,6 +18,7 @@ from torch import nn
 from mixconv.layers.pooling import SelectAdaptivePool2d, check_pool_type
 from mixconv.models.checkpointing import checkpoint_blocks
 from mixconv.models.feature_info import FeatureInfo, Indices, take_indices
+from mixconv.models.pretrained_cfg import pool_size
 
 OUTPUT_FORMATS = ("NCHW",)
 
@@ -191,4 +192,7 @@ class ContractClassifier(nn.Module):
             self.num_features = int(self.feature_info[last]["num_chs"])
             self.reset_classifier(0, "")
         self.feature_info = FeatureInfo(self.feature_info.info[: last + 1])
+        cfg = getattr(self, "pretrained_cfg", None)
+        if isinstance(cfg, dict) and "input_size" in cfg:  # the map forward now returns
+            cfg["pool_size"] = pool_size(tuple(cfg["input_size"]), int(self.feature_info[-1]["reduction"]))
         return take

@@ -33,6 +33,19 @@ def take_indices(num_stages: int, indices: Indices) -> tuple[list[int], int]:
     return taken, max(taken)
 
 
+def select_out_indices(num_stages: int, out_indices: Indices) -> tuple[int, ...]:
+    """The sorted absolute stages a features model returns for ``out_indices`` (``None``: all; negative from
+    the end; an int ``n``: the last ``n``); errors name ``out_indices``."""
+    if out_indices is not None and not isinstance(out_indices, int) and not list(out_indices):
+        raise ValueError(f"out_indices is empty; give stage indices in [0, {num_stages - 1}] (or negative)")
+    try:
+        taken = take_indices(num_stages, out_indices if out_indices is None or isinstance(out_indices, int)
+                             else list(out_indices))[0]
+    except ValueError as e:
+        raise ValueError(f"out_indices: {e}") from None
+    return tuple(sorted(set(taken)))
+
+
 class FeatureInfo(Sequence):
     """The feature maps of a model: one dict per stage (``num_chs``, ``reduction``, ``module``, ``index``).
 

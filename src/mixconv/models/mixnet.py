@@ -19,7 +19,7 @@ from mixconv.layers import (
 from mixconv.models.builder import ResolvedBlock, ResolvedNet, resolve
 from mixconv.models.checkpointing import checkpoint_blocks
 from mixconv.models.contract import ContractClassifier, check_num_classes
-from mixconv.models.feature_info import FeatureInfo, take_indices
+from mixconv.models.feature_info import FeatureInfo, select_out_indices
 from mixconv.models.specs import MixNetSpec, ModelMeta
 
 
@@ -177,15 +177,7 @@ class MixNetFeatures(nn.Module):
         super().__init__()
         _check_in_chans(in_chans)
         net = resolve(spec, drop_path_rate)
-        n = len(net.stages)
-        if out_indices is not None and not isinstance(out_indices, int) and not list(out_indices):
-            raise ValueError(f"out_indices is empty; give stage indices in [0, {n - 1}] (or negative)")
-        try:
-            taken = take_indices(n, None if out_indices is None else
-                                 (out_indices if isinstance(out_indices, int) else list(out_indices)))[0]
-        except ValueError as e:
-            raise ValueError(f"out_indices: {e}") from None
-        self.out_indices = tuple(sorted(set(taken)))
+        self.out_indices = select_out_indices(len(net.stages), out_indices)
         self.spec = spec
         self.meta = meta or ModelMeta()
         self.in_chans = in_chans

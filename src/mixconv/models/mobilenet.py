@@ -25,7 +25,7 @@ from mixconv.layers.mixed_conv import SPLIT_MODES, check_kernel_sizes
 from mixconv.models.builder import make_divisible
 from mixconv.models.checkpointing import checkpoint_blocks
 from mixconv.models.contract import ContractClassifier
-from mixconv.models.feature_info import FeatureInfo, take_indices
+from mixconv.models.feature_info import FeatureInfo, select_out_indices
 from mixconv.models.registry import register
 from mixconv.models.specs import ModelDef, ModelMeta
 
@@ -169,7 +169,6 @@ class _Classifier(ContractClassifier):
                    drop_rate: float, global_pool: str) -> None:
         self.num_blocks = num_blocks
         self.stage_ends = _stage_ends(strides)
-        self.grad_checkpointing = False
         red = [2 * math.prod(strides[: i + 1]) for i in range(len(strides))]
         info = FeatureInfo([{"num_chs": channels[i], "reduction": red[i], "module": f"features.{i}"}
                             for i in self.stage_ends])
@@ -221,14 +220,7 @@ class MobileNetFeatures(nn.Module):
     def __init__(self, model: _Classifier, out_indices: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         info = model.feature_info
-        if out_indices is not None and not isinstance(out_indices, int) and not list(out_indices):
-            raise ValueError(f"out_indices is empty; give stage indices in [0, {len(info) - 1}] (or negative)")
-        try:
-            taken = take_indices(len(info), None if out_indices is None else
-                                 (out_indices if isinstance(out_indices, int) else list(out_indices)))[0]
-        except ValueError as e:
-            raise ValueError(f"out_indices: {e}") from None
-        self.out_indices = tuple(sorted(set(taken)))
+        self.out_indices = select_out_indices(len(info), out_indices)
         self.return_blocks = [model.stage_ends[i] for i in self.out_indices]
         model.prune_intermediate_layers(list(self.out_indices), prune_head=True)
         self.in_chans, self.meta, self.mobilenet_spec = model.in_chans, model.meta, model.mobilenet_spec
@@ -262,7 +254,7 @@ class MobileNetFeatures(nn.Module):
 
     @torch.jit.unused
     def forward_block_checkpointed(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return checkpoint_blocks(nn.Sequential(block), x)
+        return checkpoint_blocks([block], x)
 
 
 class MixConvMobileNetV1(_Classifier):

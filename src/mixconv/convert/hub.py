@@ -30,6 +30,7 @@ from mixconv.files.weights import (
     read_checkpoint,
     save_model_checkpoint,
 )
+from mixconv.layers.pooling import pool_type_of
 from mixconv.models.pretrained_cfg import cfg_from_preprocess
 from mixconv.models.profile import count_macs, count_params
 from mixconv.models.registry import get_model_def, list_models
@@ -77,19 +78,14 @@ def save_pretrained(model: nn.Module, path: str | Path, *, classes: Optional[Seq
     pcfg = _hub_pretrained_cfg(model, preprocess)
     config: dict[str, Any] = {
         "architecture": arch, "num_classes": int(model.num_classes), "num_features": int(model.num_features),
-        "global_pool": _pool(model),
+        "global_pool": pool_type_of(model),
         "model_args": {"num_classes": int(model.num_classes), "in_chans": int(model.in_chans),
-                       "global_pool": _pool(model)},
+                       "global_pool": pool_type_of(model)},
         "pretrained_cfg": pcfg,
     }
     if classes is not None:
         config["label_names"] = [str(c) for c in classes]
     return write_hub_folder(folder, tensors, config, model_card(model, arch, pcfg, classes, results))
-
-
-def _pool(model: nn.Module) -> str:
-    """The model's ``global_pool`` name (``avg`` for a model without one)."""
-    return str(getattr(getattr(model, "global_pool", None), "pool_type", "avg"))
 
 
 def model_card(model: nn.Module, arch: str, pcfg: Mapping[str, Any], classes: Optional[Sequence[str]],

@@ -12,12 +12,11 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from mixconv.layers.pooling import POOL_TYPES
 from mixconv.factory.create import create_model, load_hub_model
 from mixconv.files.config import spec_from_dict
+from mixconv.files.inputs import CheckpointError, load_yaml
 from mixconv.files.mobilenet import is_mobilenet_document, mobilenet_from_dict
 from mixconv.files.space import is_space_document, space_from_dict
-from mixconv.files.inputs import CheckpointError, load_yaml
 from mixconv.files.weights import (
     check_state_dict,
     fill_batches_tracked,
@@ -28,11 +27,12 @@ from mixconv.files.weights import (
     read_training_checkpoint,
     timm_to_mixconv,
 )
+from mixconv.layers.pooling import POOL_TYPES
 from mixconv.models.mobilenet import MobileNetSpec
 from mixconv.models.pretrained_cfg import cfg_from_preprocess, set_pretrained_cfg
+from mixconv.models.registry import get_model_def, list_models
 from mixconv.models.space import SearchSpace
 from mixconv.models.specs import MixNetSpec
-from mixconv.models.registry import get_model_def, list_models
 
 
 def _timm_shapes(name: str, num_classes: int, in_chans: int) -> dict[str, tuple[int, ...]]:

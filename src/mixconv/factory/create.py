@@ -26,9 +26,13 @@ from mixconv.files.weights import (
     read_checkpoint,
     timm_to_mixconv,
 )
-from mixconv.models.mixnet import MixNet, MixNetFeatures
 from mixconv.layers.pooling import check_pool_type
-from mixconv.models.mobilenet import MobileNetFeatures, MobileNetSpec, mobilenet_from_spec
+from mixconv.models.mixnet import MixNet, MixNetFeatures
+from mixconv.models.mobilenet import (
+    MobileNetFeatures,
+    MobileNetSpec,
+    mobilenet_from_spec,
+)
 from mixconv.models.mobilenet import _Classifier as _MobileNetClassifier
 from mixconv.models.pretrained_cfg import cfg_from_meta, set_pretrained_cfg
 from mixconv.models.registry import get_model_def, list_models

@@ -20,9 +20,9 @@ from typing import Any, Mapping, Optional
 import torch
 from safetensors.torch import save_file
 
-from mixconv.layers.pooling import POOL_TYPES
 from mixconv.files.atomic import atomic_write
 from mixconv.files.inputs import CheckpointError, read_text
+from mixconv.layers.pooling import POOL_TYPES
 from mixconv.models.pretrained_cfg import (
     PREPROCESS_FIELDS,
     preprocess_from_cfg,

@@ -28,6 +28,7 @@ from mixconv.files.integrity import (
     recorded_check,
     tensors_sha256,
 )
+from mixconv.layers.pooling import pool_type_of
 from mixconv.models.builder import resolve, scaled_repeats
 from mixconv.models.registry import list_models
 
@@ -348,7 +349,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any]
         "model_name": str(getattr(model, "model_name", "")),
         "num_classes": str(getattr(model, "num_classes", 0)),
         "in_chans": str(getattr(model, "in_chans", 3)),
-        "global_pool": str(getattr(getattr(model, "global_pool", None), "pool_type", "avg")),
+        "global_pool": pool_type_of(model),
         "extra": json.dumps(dict(extra or {})),
     }
     return write_safetensors(model.state_dict(), path, meta)

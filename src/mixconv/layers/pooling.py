@@ -28,9 +28,6 @@ class SelectAdaptivePool2d(nn.Module):
         self.pool_type = check_pool_type(pool_type)
         self.flatten = flatten
 
-    def is_identity(self) -> bool:
-        return self.pool_type == ""
-
     def feat_mult(self) -> int:
         """Pooled features per input channel (2 for ``catavgmax``)."""
         return 2 if self.pool_type == "catavgmax" else 1
@@ -50,3 +47,9 @@ class SelectAdaptivePool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pool_type={self.pool_type!r}, flatten={self.flatten}"
+
+
+def pool_type_of(model: nn.Module) -> str:
+    """The ``global_pool`` name of a model (``avg`` for one without a :class:`SelectAdaptivePool2d`)."""
+    pool = getattr(model, "global_pool", None)
+    return pool.pool_type if isinstance(pool, SelectAdaptivePool2d) else "avg"

@@ -35,7 +35,28 @@ def _check_pool_for_classes(global_pool: str, num_classes: int) -> None:
                          f"take: use num_classes=0 with it (got num_classes={num_classes})")
 
 
-class ContractClassifier(nn.Module):
+class GradCheckpointing(nn.Module):
+    """The ``set_grad_checkpointing`` switch every mixconv model (classifier or features model) has; subclasses
+    set ``self.grad_checkpointing = False`` when built (an instance attribute: TorchScript reads it)."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of keeping them (less activation memory,
+        one more forward of the trunk per step); outputs, gradients and BatchNorm statistics are unchanged."""
+        self.grad_checkpointing = bool(enable)
+
+
+class ContractFeatures(GradCheckpointing):
+    """Base of the features models (``features_only=True``): ``feature_info`` and its ``channels()`` /
+    ``reductions()`` for the stages in ``out_indices`` (subclasses set ``self.feature_info``)."""
+
+    def channels(self) -> list[int]:
+        return self.feature_info.channels()
+
+    def reductions(self) -> list[int]:
+        return self.feature_info.reduction()
+
+
+class ContractClassifier(GradCheckpointing):
     """Base of every mixconv classifier: the classifier head and timm's model API over the network's stages.
 
     Subclasses build ``stem``, their stages and head conv, then call :meth:`init_head`; they define
@@ -46,23 +67,24 @@ class ContractClassifier(nn.Module):
     def init_head(self, num_features: int, num_classes: int, global_pool: str, drop_rate: float,
                   feature_info: FeatureInfo) -> None:
         """Pooling, dropout and the linear classifier on ``num_features`` channels."""
-        num_classes = check_num_classes(num_classes)
-        check_pool_type(global_pool)
-        _check_pool_for_classes(global_pool, num_classes)
         if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0 <= drop_rate < 1:
             raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
         self.num_features = int(num_features)
-        self.num_classes = num_classes
         self.drop_rate = float(drop_rate)
         self.grad_checkpointing = False
         self.feature_info = feature_info
+        self.drop = nn.Dropout(self.drop_rate)
+        self._set_head(num_classes, global_pool)
+
+    def _set_head(self, num_classes: int, global_pool: str) -> None:
+        """Pooling and a new (uninitialised) classifier for ``num_classes`` on the pooled features."""
+        num_classes = check_num_classes(num_classes)
+        _check_pool_for_classes(check_pool_type(global_pool), num_classes)
         self.global_pool = SelectAdaptivePool2d(global_pool)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.drop = nn.Dropout(self.drop_rate)
-        self.classifier: nn.Module = self._new_classifier(num_classes)
-
-    def _new_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
+        self.num_classes = num_classes
+        self.classifier: nn.Module = (nn.Linear(self.head_hidden_size, num_classes) if num_classes
+                                      else nn.Identity())
 
     def init_classifier(self, classifier: nn.Module) -> None:
         """Initialise a new classifier (subclasses use their family's rule)."""
@@ -74,13 +96,7 @@ class ContractClassifier(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A freshly initialised classifier for ``num_classes`` (0: none, ``forward`` returns pooled features);
         ``global_pool`` changes the pooling (``None`` keeps it, ``''`` keeps the unpooled map)."""
-        num_classes = check_num_classes(num_classes)
-        pool = self.global_pool.pool_type if global_pool is None else check_pool_type(global_pool)
-        _check_pool_for_classes(pool, num_classes)
-        self.global_pool = SelectAdaptivePool2d(pool)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.num_classes = num_classes
-        self.classifier = self._new_classifier(num_classes)
+        self._set_head(num_classes, self.global_pool.pool_type if global_pool is None else global_pool)
         self.init_classifier(self.classifier)
         cfg = getattr(self, "pretrained_cfg", None)
         if isinstance(cfg, dict):
@@ -121,12 +137,7 @@ class ContractClassifier(nn.Module):
         """The input as the stem takes it (a memory-format change; values unchanged)."""
         return x
 
-    # -- training hooks -----------------------------------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in the backward instead of keeping them (less activation memory,
-        one more forward of the trunk per step); outputs, gradients and BatchNorm statistics are unchanged."""
-        self.grad_checkpointing = bool(enable)
-
+    # -- training hooks (set_grad_checkpointing: GradCheckpointing) ---------------------------------------------
     @torch.jit.unused
     def forward_trunk_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
         """The stages (each block checkpointed) and the head module, from the stem's output."""

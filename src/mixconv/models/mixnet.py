@@ -18,7 +18,11 @@ from mixconv.layers import (
 )
 from mixconv.models.builder import ResolvedBlock, ResolvedNet, resolve
 from mixconv.models.checkpointing import checkpoint_blocks
-from mixconv.models.contract import ContractClassifier, check_num_classes
+from mixconv.models.contract import (
+    ContractClassifier,
+    ContractFeatures,
+    check_num_classes,
+)
 from mixconv.models.feature_info import FeatureInfo, select_out_indices
 from mixconv.models.specs import MixNetSpec, ModelMeta
 
@@ -158,7 +162,7 @@ def _check_in_chans(in_chans: object) -> None:
         raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
 
 
-class MixNetFeatures(nn.Module):
+class MixNetFeatures(ContractFeatures):
     """The MixNet trunk returning the feature maps of the stages in ``out_indices``.
 
     Stage ``i`` ends at output stride ``2 ** (i + 1)`` (2, 4, 8, 16, 32). Module names equal the classifier's,
@@ -186,16 +190,6 @@ class MixNetFeatures(nn.Module):
         self.stem, self.stages = _build_trunk(net, in_chans, max(self.out_indices) + 1)
         self.feature_info = FeatureInfo(net.feature_info(), self.out_indices)
         init_weights(self)
-
-    def channels(self) -> list[int]:
-        return self.feature_info.channels()
-
-    def reductions(self) -> list[int]:
-        return self.feature_info.reduction()
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """As :meth:`MixNet.set_grad_checkpointing`."""
-        self.grad_checkpointing = bool(enable)
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return {"stem": r"^stem\.", "blocks": r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)"}

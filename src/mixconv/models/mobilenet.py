@@ -24,7 +24,7 @@ from mixconv.layers import ConvNormAct, MixConv2d
 from mixconv.layers.mixed_conv import SPLIT_MODES, check_kernel_sizes
 from mixconv.models.builder import make_divisible
 from mixconv.models.checkpointing import checkpoint_blocks
-from mixconv.models.contract import ContractClassifier
+from mixconv.models.contract import ContractClassifier, ContractFeatures
 from mixconv.models.feature_info import FeatureInfo, select_out_indices
 from mixconv.models.registry import register
 from mixconv.models.specs import ModelDef, ModelMeta
@@ -213,7 +213,7 @@ class _Classifier(ContractClassifier):
         return {"stem": r"^stem\.", "blocks": blocks}
 
 
-class MobileNetFeatures(nn.Module):
+class MobileNetFeatures(ContractFeatures):
     """A MixConv-MobileNet's trunk returning the feature maps of the stages in ``out_indices`` (output strides
     2, 4, 8, 16, 32). Built from the classifier, whose module names it keeps, so its weights load unchanged."""
 
@@ -227,15 +227,6 @@ class MobileNetFeatures(nn.Module):
         self.stem, self.features = model.stem, model.features
         self.feature_info = FeatureInfo(info.info, self.out_indices)
         self.grad_checkpointing = False
-
-    def channels(self) -> list[int]:
-        return self.feature_info.channels()
-
-    def reductions(self) -> list[int]:
-        return self.feature_info.reduction()
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = bool(enable)
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return {"stem": r"^stem\.", "blocks": r"^features\.(\d+)\."}

@@ -20,11 +20,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[fl
     rate, the stem at the smallest.
     """
     if layer_decay is None:
-        decay, no_decay = [], []
-        for _, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 else decay).append(p)
+        decay, no_decay = _decay_split(p for p in model.parameters() if p.requires_grad)
         groups = [{"params": decay, "weight_decay": weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -37,11 +33,19 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[fl
     params = dict(model.named_parameters())
     out: list[dict] = []
     for index, (group, scale) in enumerate(zip(names, scales)):
-        chosen = [params[n] for n in group if params[n].requires_grad]
-        for wd, members in ((weight_decay, [p for p in chosen if p.ndim > 1]), (0.0, [p for p in chosen if p.ndim <= 1])):
+        decay, no_decay = _decay_split(params[n] for n in group if params[n].requires_grad)
+        for wd, members in ((weight_decay, decay), (0.0, no_decay)):
             if members:
                 out.append({"params": members, "weight_decay": wd, "lr_scale": scale, "layer": index})
     return out
+
+
+def _decay_split(params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(decayed, not decayed)``: conv and linear weights, then norms and biases (1-d tensors)."""
+    decay, no_decay = [], []
+    for p in params:
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return decay, no_decay
 
 
 class RMSpropTF(torch.optim.Optimizer):

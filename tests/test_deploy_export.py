@@ -89,9 +89,28 @@ class _BatchBaked(nn.Module):
         return x * float(x.shape[0])
 
 
-def test_verification_catches_a_wrong_export(tmp_path):
-    with pytest.raises(ExportError, match="verification failed"):
+def test_verification_catches_a_wrong_export_and_writes_nothing(tmp_path):
+    with pytest.raises(ExportError, match="verification failed, so the file was not written"):
         export_model(_BatchBaked(), tmp_path / "bad.ts", "torchscript", img_size=8)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "exported-program"])
+def test_a_bound_not_met_writes_nothing_in_every_format(tmp_path, fmt):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    net.in_chans = 3
+    with pytest.raises(ExportError, match=r"exceeds the bound -1e\+00 \(a larger tol, --tol in the CLI"):
+        export_model(net, tmp_path / "m.out", fmt, img_size=8, tol=-1.0)  # no error is below a negative bound
+    assert list(tmp_path.iterdir()) == []
+    assert export_model(net, tmp_path / "m.out", fmt, img_size=8).passed and (tmp_path / "m.out").is_file()
+
+
+def test_a_failed_check_keeps_the_previous_file(tmp_path):
+    out = tmp_path / "bad.ts"
+    out.write_bytes(b"the previous export")
+    with pytest.raises(ExportError, match="--tol"):
+        export_model(_BatchBaked(), out, "torchscript", img_size=8)
+    assert out.read_bytes() == b"the previous export" and list(tmp_path.iterdir()) == [out]
 
 
 def test_cli_export_random_and_checkpoint(tmp_path, capsys):

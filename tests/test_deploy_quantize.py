@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from mixconv.data.datasets import DigitsDataset  # noqa: E402
+from mixconv.deploy.quantize import QuantizeSettings, quantize_onnx  # noqa: E402
 from mixconv.files.onnx_metadata import read_metadata  # noqa: E402
 from mixconv.training.qat import (  # noqa: E402
     QatCalibration,
@@ -139,19 +141,36 @@ def test_quantize_cli_writes_per_channel_qdq_int8_and_reports(trained):
     assert read_metadata(int8) == read_metadata(fp32)  # the int8 file keeps the preprocessing
 
 
-def test_quantize_excludes_groups_and_reports_sensitivity(trained):
+def test_quantize_excludes_groups(trained):
     root, _, fp32 = trained
     int8 = root / "int8-excl.onnx"
     r = run_cli("quantize", "--onnx", str(fp32), "--output", str(int8), "--calib-images", "32", "--val-images",
-                "60", "--speed-batches", "--exclude", "stem", "se", "classifier", "--min-agreement", "101",
-                "--method", "percentile")
-    assert r.returncode == 1, r.stderr  # an impossible bound: the sensitivity report must follow
-    assert "FAILED: outside the bound" in r.stdout and "dB" in r.stdout
+                "60", "--speed-batches", "--exclude", "stem", "se", "classifier", "--max-drop", "100",
+                "--min-agreement", "0", "--method", "percentile")
+    assert r.returncode == 0, r.stderr + r.stdout
     weights = _dq_weight_inputs(int8)
     assert not any(k.startswith(("stem.", "classifier.")) or ".se." in k for k in weights), sorted(weights)
     assert any(k.startswith("stages.") and ".se." not in k for k in weights)
     bad = run_cli("quantize", "--onnx", str(fp32), "--output", str(root / "x.onnx"), "--exclude", "nosuchlayer")
     assert bad.returncode == 2 and "--exclude nosuchlayer" in bad.stderr and "stem" in bad.stderr
+
+
+def test_a_failed_quantize_leaves_nothing_and_names_value_bound_and_flag(trained, tmp_path):
+    _, _, fp32 = trained
+    out_dir = tmp_path / "out"
+    int8 = out_dir / "int8.onnx"
+    r = run_cli("quantize", "--onnx", str(fp32), "--output", str(int8), "--calib-images", "32", "--val-images",
+                "60", "--speed-batches", "--min-agreement", "101")
+    assert r.returncode == 1, r.stderr  # an impossible bound: nothing written, the sensitivity report printed
+    assert r.stderr.startswith("FAILED: "), r.stderr
+    assert re.search(r"the top-1 agreement \d+\.\d\d% is below --min-agreement 101.0 \(a smaller "
+                     r"--min-agreement accepts it\)\. Nothing was written to .*int8\.onnx", r.stderr), r.stderr
+    assert "dB" in r.stdout and "quantized" not in r.stdout
+    assert not int8.exists() and list(out_dir.iterdir()) == []  # no int8 file and no temporary one
+    # the library says the same without the CLI
+    report = quantize_onnx(fp32, int8, settings=QuantizeSettings(calib_images=16), val_images=30,
+                           speed_batches=(), min_agreement=101.0)
+    assert not report.written and not int8.exists() and report.sensitivity
 
 
 def test_fake_quant_weight_is_onnxruntimes_per_channel_symmetric_int8():

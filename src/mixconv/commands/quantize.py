@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "images and verified against the float model: top-1 of both, agreement, largest logit "
                     "difference, file sizes and int8/fp32 speed in onnxruntime. Exits 1 when the int8 top-1 "
                     "drops more than --max-drop points or agrees on fewer than --min-agreement percent of the "
-                    "images (the int8 file is written, with a per-layer sensitivity report).")
+                    "images, and then writes nothing at --output (it prints a per-layer sensitivity report instead).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--onnx", metavar="FILE", help="a float32 ONNX file written by `mixconv export`")
     src.add_argument("--checkpoint", metavar="FILE", help="a checkpoint: exported (optimized) to --fp32-output first")
@@ -78,17 +78,26 @@ def run(args: argparse.Namespace) -> int:
                            val_images=args.val_images, speed_batches=tuple(args.speed_batches),
                            max_drop=args.max_drop, min_agreement=args.min_agreement)
     excluded = f", {len(args.exclude)} exclusion(s): {' '.join(args.exclude)}" if args.exclude else ""
-    print(f"quantized {fp32} to {args.output} (QDQ, per-channel int8 weights, {args.activation_type} activations, "
-          f"{args.method} calibration on {args.calib_images} images{excluded})")
+    how = (f"QDQ, per-channel int8 weights, {args.activation_type} activations, {args.method} calibration on "
+           f"{args.calib_images} images{excluded}")
     if report is None:
+        print(f"quantized {fp32} to {args.output} ({how}), not verified")
         return 0
     for line in report.lines():
         print(line)
-    if report.within(args.max_drop, args.min_agreement):
+    if report.written:
+        print(f"quantized {fp32} to {args.output} ({how})")
         print(f"OK: within the bound (drop <= {args.max_drop} points, agreement >= {args.min_agreement}%)")
         return 0
-    print(f"FAILED: outside the bound (drop <= {args.max_drop} points, agreement >= {args.min_agreement}%); "
-          "the tensors that lose the most (signal-to-quantization-noise ratio, dB; lower is worse):")
+    failed = []
+    if report.drop > args.max_drop:
+        failed.append(f"the top-1 drop {report.drop:.2f} points exceeds --max-drop {args.max_drop} (a larger "
+                      f"--max-drop accepts it)")
+    if report.agreement < args.min_agreement:
+        failed.append(f"the top-1 agreement {report.agreement:.2f}% is below --min-agreement {args.min_agreement} "
+                      f"(a smaller --min-agreement accepts it)")
+    print(f"FAILED: {'; '.join(failed)}. Nothing was written to {args.output}.", file=sys.stderr)
+    print("the tensors that lose the most (signal-to-quantization-noise ratio, dB; lower is worse):")
     for name, local, total in report.sensitivity:
         print(f"  {name:60s} own quantization {local:7.2f} dB, vs float model {total:7.2f} dB")
     print("keep the worst layers in float with --exclude (module paths or groups such as se, stem), try "

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(results, indent=2))
     else:
+        print(f"loaded {results['loaded']}")
         print(f"top1 {results['top1']:.2f}  top5 {results['top5']:.2f}  loss {results['loss']:.4f}  "
               f"images/s {results['images_per_s']:.1f}  ({results['images']} images, "
               f"{results['skipped_images']} skipped)")

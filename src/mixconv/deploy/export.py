@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixconv.files.atomic import atomic_write
+from mixconv.files.atomic import staged_file
 from mixconv.files.inputs import load_onnx, onnx_session
 from mixconv.layers.conv2d_same import Conv2dSame
 from mixconv.layers.padding import same_pad_amount
@@ -150,7 +150,9 @@ def _compare(fmt: str, path: Path, runtime: str, got: Sequence[Any], ref: Sequen
         rel = math.inf
     check = ExportCheck(fmt, path, runtime, tuple(shape), export_batch, max_abs, rel, tol)
     if not check.passed:
-        raise ExportError(f"{path}: verification failed: {check}")
+        raise ExportError(f"{path}: verification failed, so the file was not written: relative error "
+                          f"{check.rel_err:.3e} exceeds the bound {tol:.0e} (a larger tol, --tol in the CLI, "
+                          f"accepts it); {check}")
     return check
 
 
@@ -243,17 +245,18 @@ def export_onnx(
         onnx.save(proto, tmp)
         onnx.checker.check_model(proto, full_check=True)
 
-    atomic_write(path, write)
-    if not verify:
-        return None
-    import onnxruntime as ort
+    with staged_file(path) as tmp:  # published only once verified: a failed check leaves no file at path
+        write(str(tmp))
+        if not verify:
+            return None
+        import onnxruntime as ort
 
-    session = onnx_session(path)  # read back from disk: damage there is one clear error naming the file
+        session = onnx_session(tmp)  # read back from disk: damage there is one clear error naming the file
 
-    def run(x: torch.Tensor) -> list[torch.Tensor]:
-        return [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+        def run(x: torch.Tensor) -> list[torch.Tensor]:
+            return [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
 
-    return _verify("onnx", path, f"onnxruntime {ort.__version__}", run, model, shape, dynamic_batch, tol)
+        return _verify("onnx", path, f"onnxruntime {ort.__version__}", run, model, shape, dynamic_batch, tol)
 
 
 def export_torchscript(
@@ -277,15 +280,17 @@ def export_torchscript(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated.*")
         traced = torch.jit.trace(net, torch.zeros(shape), check_trace=False)
-        atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
-    if not verify:
-        return None
-    def run(x: torch.Tensor) -> list[torch.Tensor]:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated.*")
-            return _outputs(torch.jit.load(str(path), map_location="cpu")(x))
+    with staged_file(path) as tmp:  # published only once verified
+        torch.jit.save(traced, str(tmp))
+        if not verify:
+            return None
 
-    return _verify("torchscript", path, "torch.jit.load", run, model, shape, dynamic_batch, tol)
+        def run(x: torch.Tensor) -> list[torch.Tensor]:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated.*")
+                return _outputs(torch.jit.load(str(tmp), map_location="cpu")(x))
+
+        return _verify("torchscript", path, "torch.jit.load", run, model, shape, dynamic_batch, tol)
 
 
 def export_program(
@@ -309,14 +314,16 @@ def export_program(
     program = torch.export.export(net, (torch.zeros(shape),), dynamic_shapes=dyn)
     buf = io.BytesIO()  # through a buffer: torch.export wants a .pt2 name, the atomic temporary file has none
     torch.export.save(program, buf)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-    if not verify:
-        return None
-    def run(x: torch.Tensor) -> list[torch.Tensor]:
-        with torch.no_grad():
-            return _outputs(torch.export.load(io.BytesIO(path.read_bytes())).module()(x))
+    with staged_file(path) as tmp:  # published only once verified
+        tmp.write_bytes(buf.getvalue())
+        if not verify:
+            return None
 
-    return _verify("exported-program", path, "torch.export.load", run, model, shape, dynamic_batch, tol)
+        def run(x: torch.Tensor) -> list[torch.Tensor]:
+            with torch.no_grad():
+                return _outputs(torch.export.load(io.BytesIO(tmp.read_bytes())).module()(x))
+
+        return _verify("exported-program", path, "torch.export.load", run, model, shape, dynamic_batch, tol)
 
 
 EXPORTERS: dict[str, Callable[..., ExportCheck | None]] = {

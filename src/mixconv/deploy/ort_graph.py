@@ -155,6 +155,18 @@ def se_vector_to_map(model: Any) -> int:
     return done
 
 
+def drop_unused_initializers(graph: Any) -> int:
+    """Remove the initializers no node or graph output reads (the rewrites above orphan the axes constants of
+    the nodes they drop; onnxruntime would print a warning for each at every session). Returns how many."""
+    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+    return len(unused)
+
+
 def tune_for_onnxruntime(model: Any) -> OrtRewrites:
     """All rewrites above, in place on an ``onnx.ModelProto`` (float32); returns what was done."""
-    return OrtRewrites(se_vector_to_map(model), densify_graph(model.graph, MAX_ZEROS))
+    done = OrtRewrites(se_vector_to_map(model), densify_graph(model.graph, MAX_ZEROS))
+    drop_unused_initializers(model.graph)
+    return done

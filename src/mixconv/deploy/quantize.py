@@ -82,6 +82,7 @@ class QuantizeReport:
     int8_bytes: int
     speed: dict[int, float] = field(default_factory=dict)  # batch size -> int8 img/s over fp32 img/s
     sensitivity: list[tuple[str, float, float]] = field(default_factory=list)  # (tensor, local SQNR, total SQNR)
+    written: bool = True  # False: outside the bound, so nothing was written at int8_path
 
     @property
     def drop(self) -> float:
@@ -106,6 +107,14 @@ class QuantizeReport:
             out.append("speed, int8 vs fp32 in onnxruntime on this machine: " + ", ".join(
                 f"batch {b} {r:.2f}x" for b, r in self.speed.items()))
         return out
+
+
+class _Rejected(Exception):
+    """Raised inside the staged write of an int8 file that fails its bound, so that the file is removed."""
+
+    def __init__(self, report: QuantizeReport) -> None:
+        super().__init__("the int8 model is outside the bound")
+        self.report = report
 
 
 class _Reader:
@@ -152,7 +161,10 @@ def quantize_onnx(
     max_drop: float = MAX_DROP,
     min_agreement: float = MIN_AGREEMENT,
 ) -> Optional[QuantizeReport]:
-    """Quantize the float32 ONNX file ``model`` (from ``mixconv export``) to int8 QDQ at ``output`` (atomically).
+    """Quantize the float32 ONNX file ``model`` (from ``mixconv export``) to int8 QDQ at ``output``.
+
+    The int8 file is written beside ``output`` under a temporary name and moved into place only when it passes
+    verification (or with ``verify=False``): an int8 model outside the bound is never left at ``output``.
 
     Args:
         data: ``digits`` or an ImageFolder root for calibration and verification; default: the data recorded
@@ -161,7 +173,8 @@ def quantize_onnx(
             :class:`QuantizeSettings`).
         verify: compare with the float file on ``val_images`` validation images (default: all) and time both
             at ``speed_batches`` (empty: no timing); where the int8 top-1 drops more than ``max_drop`` points or
-            agrees on fewer than ``min_agreement`` percent of images, a per-tensor sensitivity report is added.
+            agrees on fewer than ``min_agreement`` percent of images, a per-tensor sensitivity report is added
+            and nothing is written (``report.written`` is False).
     Returns the :class:`QuantizeReport` (``None`` with ``verify=False``).
     """
     from onnxruntime.quantization import (
@@ -173,7 +186,7 @@ def quantize_onnx(
     )
 
     from mixconv.deploy.groups import resolve_excludes
-    from mixconv.files.atomic import atomic_write
+    from mixconv.files.atomic import staged_file
     from mixconv.inference.ort import ort_session
 
     model, output = Path(model), Path(output)
@@ -189,24 +202,29 @@ def quantize_onnx(
               "entropy": CalibrationMethod.Entropy}[settings.method]
     extra = {"WeightSymmetric": True, "ActivationSymmetric": settings.activation_type == "int8",
              "CalibPercentile": settings.percentile}
-    with tempfile.TemporaryDirectory(prefix="mixconv-quantize-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(model), str(pre))
-        if settings.dense_max_zeros > 0:
-            densify_grouped_pointwise(pre, pre, settings.dense_max_zeros)
-        reader = _Reader(input_name, image_batches(sample_subset(calib_ds, settings.calib_images), 16))
-        atomic_write(output, lambda out: quantize_static(
-            str(pre), out, reader, quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
-            reduce_range=settings.reduce_range, activation_type=act, weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra))
-    write_metadata(output, meta)  # quantization drops the model-level metadata: the int8 file keeps it
-    if not verify:
-        return None
-    report = verify_int8(model, output, sample_subset(val_ds, val_images or len(val_ds)), speed_batches)
-    if not report.within(max_drop, min_agreement):
-        report.sensitivity = sensitivity(model, output, sample_subset(calib_ds, min(settings.calib_images, 32), seed=1),
-                                         input_name)
-    return report
+    try:
+        with tempfile.TemporaryDirectory(prefix="mixconv-quantize-") as tmp, staged_file(output) as staged:
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(model), str(pre))
+            if settings.dense_max_zeros > 0:
+                densify_grouped_pointwise(pre, pre, settings.dense_max_zeros)
+            reader = _Reader(input_name, image_batches(sample_subset(calib_ds, settings.calib_images), 16))
+            quantize_static(str(pre), str(staged), reader, quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
+                            reduce_range=settings.reduce_range, activation_type=act, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra)
+            write_metadata(staged, meta)  # quantization drops the model-level metadata: the int8 file keeps it
+            if not verify:
+                return None
+            report = verify_int8(model, staged, sample_subset(val_ds, val_images or len(val_ds)), speed_batches)
+            report.int8_path = output
+            if report.within(max_drop, min_agreement):
+                return report  # the staged file moves to output as the block ends
+            report.written = False
+            report.sensitivity = sensitivity(model, staged, sample_subset(calib_ds, min(settings.calib_images, 32), seed=1),
+                                             input_name)
+            raise _Rejected(report)  # removes the staged file: a rejected int8 model is never left at output
+    except _Rejected as rejected:
+        return rejected.report
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, model: Optional[str] = None):

@@ -18,3 +18,5 @@ class Loaded:
     preprocess: Preprocess
     data: Optional[str]
     val_fraction: float
+    # what was loaded, for the first line of validate/predict: weights (EMA or raw, epoch), QAT, dtype
+    description: str = ""

@@ -90,4 +90,12 @@ def load_onnx(path: str | Path, *, threads: Optional[int] = None, img_size: Opti
         raise ConfigError(f"--img-size {img_size}: {path} takes {h}x{w} images only")
     pre = replace(pre, img_size=h, crop_pct=crop_pct or pre.crop_pct, interpolation=interpolation or pre.interpolation)
     net.model_name = meta.model_name or net.model_name
-    return Loaded(net, meta.classes, pre, meta.data, meta.val_fraction)
+    return Loaded(net, meta.classes, pre, meta.data, meta.val_fraction,
+                  f"{path}: {net.model_name}, {_onnx_kind(path)} ONNX in onnxruntime on the CPU")
+
+
+def _onnx_kind(path: str | Path) -> str:
+    """``int8`` for a quantized (QDQ) file, else ``float32``."""
+    from mixconv.files.inputs import load_onnx as read_onnx
+
+    return "int8" if any(n.op_type == "QuantizeLinear" for n in read_onnx(path, check=False).graph.node) else "float32"

@@ -27,6 +27,7 @@ from mixconv.inference.engine import warn_amp
 from mixconv.inference.loaded import Loaded
 from mixconv.inference.ort import load_onnx
 from mixconv.models.pretrained_cfg import Preprocess
+from mixconv.surgery.fake_quant import load_qat_ranges, prepare_qat
 
 
 def load_model(checkpoint: str | Path, model: Optional[str] = None, *, img_size: Optional[int] = None,
@@ -38,7 +39,30 @@ def load_model(checkpoint: str | Path, model: Optional[str] = None, *, img_size:
     pre = replace(pre, img_size=img_size or pre.img_size, crop_pct=crop_pct or pre.crop_pct,
                   interpolation=interpolation or pre.interpolation)
     cfg = extra.get("train_config", {})
-    return Loaded(net.eval(), extra.get("classes"), pre, extra.get("data"), float(cfg.get("val_fraction", 0.2)))
+    qat = extra.get("qat")
+    if qat is not None:  # its number was measured as simulated int8 with these ranges: evaluate the same way
+        prepare_qat(net, qat["activation_type"], bool(qat["reduce_range"]))
+        load_qat_ranges(net, qat["ranges"])
+    return Loaded(net.eval(), extra.get("classes"), pre, extra.get("data"), float(cfg.get("val_fraction", 0.2)),
+                  describe_checkpoint(checkpoint, net, extra))
+
+
+def describe_checkpoint(source: str | Path, net: torch.nn.Module, extra: dict[str, Any]) -> str:
+    """One line on what was loaded: the model, which weights (EMA or raw, from which epoch), QAT and dtype."""
+    name = getattr(net, "model_name", "") or "model"
+    parts = [f"{source}: {name}"]
+    if "epoch" in extra:
+        cfg = extra.get("train_config", {})
+        parts.append(f"epoch {extra['epoch']}" + (f" of {cfg['epochs']}" if "epochs" in cfg else "")
+                     + (f", val top-1 {extra['val_top1']:.2f} at training" if "val_top1" in extra else ""))
+        parts.append("EMA weights" if extra.get("ema") else "raw weights (no EMA)")
+    qat = extra.get("qat")
+    if qat is not None:
+        parts.append(f"QAT: simulated int8 as onnxruntime's ({qat['activation_type']} activations"
+                     f"{', 7-bit weights' if qat['reduce_range'] else ''}, the training's activation ranges)")
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in net.parameters()})
+    parts.append("/".join(dtypes) or "no parameters")
+    return ", ".join(parts)
 
 
 def _meta_preprocess(model: Optional[str]) -> Preprocess:
@@ -91,7 +115,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, *, model: Optional[str] = 
                                 "above); expected readable image files")
     return {"top1": stats.top1, "top5": stats.top5, "loss": stats.loss,
             "images_per_s": stats.images / seconds if seconds > 0 else 0.0, "images": stats.images,
-            "skipped_images": stats.skipped, "checkpoint": str(source), "data": data}
+            "skipped_images": stats.skipped, "checkpoint": str(source), "data": data, "loaded": loaded.description}
 
 
 def val_dataset(loaded: Loaded, data: Optional[str], checkpoint: str | Path) -> tuple[Any, str]:

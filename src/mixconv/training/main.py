@@ -563,6 +563,9 @@ def _save(t: Trainer, results: dict[str, Any], is_best: bool) -> None:
     """The checkpoint first (weights and resume state, as one unit), then the files derived from the history."""
     extra = {"classes": t.classes, "preprocess": t.pre.to_dict(), "data": t.cfg.data, "ema": t.ema is not None,
              "train_config": t.cfg.to_dict(), **results}
+    if t.qat is not None:  # the number above was measured as simulated int8 with these ranges: validate uses them
+        extra["qat"] = {"activation_type": t.cfg.qat_activation, "reduce_range": t.cfg.qat_reduce_range,
+                        "ranges": t.qat.state_dict()}
     ckpt.commit_checkpoint(t.out_dir, t.eval_model, extra, ("last", "best") if is_best else ("last",), _state(t))
     t.saved_epoch = t.rs.epoch
     _write_history(t)

@@ -295,7 +295,7 @@ def report_from_checkpoint(out_dir: str | Path, checkpoint: Optional[str | Path]
     classes = list(classes) + [str(i) for i in range(len(classes), n_out)]
     pre = loaded.preprocess
     results = {**summary_metrics(preds), "images_per_s": len(preds.targets) / seconds if seconds > 0 else 0.0,
-               "skipped_images": skipped, "checkpoint": str(checkpoint), "data": data}
+               "skipped_images": skipped, "checkpoint": str(checkpoint), "data": data, "loaded": loaded.description}
     write_report(out_dir, preds, classes[:n_out], image_of=denormalizer(ds, pre.mean, pre.std),
                  summary={k: results[k] for k in ("checkpoint", "data", "images_per_s", "skipped_images")})
     results["report"] = str(Path(out_dir) / FILES["index"])

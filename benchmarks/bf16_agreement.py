@@ -1,7 +1,7 @@
 """Top-1 agreement of ``optimize_for_inference`` (float32 and bfloat16) with the float32 model on validation data.
 
-    mixconv train --output runs/digits          # MixNet-S on scikit-learn's digits (the default run)
-    python benchmarks/bf16_agreement.py runs/digits/best.safetensors
+    mixconv train                               # MixNet-S on the digits: writes runs/mixnet_s-digits
+    python benchmarks/bf16_agreement.py runs/mixnet_s-digits/best.safetensors
 
 Loads a mixconv training checkpoint, builds its own validation set (``--data`` to override), and runs the plain
 float32 model, the optimized float32 model and the optimized bfloat16 model (float32 input, float32 logits) on

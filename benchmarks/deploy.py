@@ -1,7 +1,7 @@
 """The deployment targets in one run: every ratio measured against a reference timed in the same process.
 
     python benchmarks/deploy.py                                   # speed targets, MixNet-S 224, batch 1 and 32
-    python benchmarks/deploy.py --checkpoint runs/digits/best.safetensors    # + the int8 accuracy targets
+    python benchmarks/deploy.py --checkpoint runs/mixnet_s-digits/best.safetensors    # + the int8 accuracy targets
 
 Speed: timm's own ONNX export in onnxruntime (the reference), our ``mixconv export --optimize`` in ORT (fp32 and
 int8), and our PyTorch paths (``optimize_for_inference`` eager and ``torch.compile``d), in interleaved rounds
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mixconv.bench.runtime import format_results, ratio, run_deploy_benchmark
-from mixconv.kernels.capability import cpu_info
+from mixconv.kernels.capability import cpu_info, cpu_model_name
 
 SPEED_CASES = ("timm-ort", "ort-fp32", "ort-int8", "torch-optimize", "torch-compile")
 FP32_OURS = ("ort-fp32", "torch-optimize", "torch-compile")
@@ -36,6 +36,17 @@ def _best(results, cases, ref, b):
     return max(pairs) if pairs else (None, "-")
 
 
+# Which CPU kinds (CpuInfo.kind) each speed target was set and measured on, and what other kinds gave: printed
+# with every verdict, because the ratios depend on the CPU (oneDNN's and ORT's kernels differ per ISA).
+TARGET_KINDS = {
+    "fp32": "set on x86-amx (Intel Sapphire Rapids: 2.05x / 2.32x); on x86-avx512 without AMX (AMD Zen 4) "
+            "1.47x / 1.84x: not met there",
+    "int8": "set for CPUs with int8 dot products (VNNI/AMX); x86-amx (Sapphire Rapids) 1.10x / 1.12x: not met; "
+            "x86-avx512 (Zen 4) 1.37x / 1.41x",
+    "torch-b1": "set on x86-amx (Sapphire Rapids: 1.53x)",
+}
+
+
 def _line(name: str, value, target: str, ok) -> str:
     shown = "-" if value is None else f"{value:.2f}"
     verdict = "" if ok is None else ("met" if ok else "NOT met")
@@ -43,19 +54,24 @@ def _line(name: str, value, target: str, ok) -> str:
 
 
 def speed_targets(results, batch_sizes) -> list[str]:
+    kind = cpu_info().kind
     lines = []
     for b in batch_sizes:
         r, case = _best(results, FP32_OURS, "timm-ort", b)
         lines.append(_line(f"best CPU runtime ({case}) vs timm ONNX in ORT, fp32, batch {b}", r, ">= 2.0x",
                            None if r is None else r >= 2.0))
+    lines.append(f"    (this CPU: {kind}; the target was {TARGET_KINDS['fp32']})")
     int8_dot = cpu_info().int8_dot
     for b in batch_sizes:
         r = ratio(results, "ort-int8", "ort-fp32", b)
         target, ok = (">= 1.3x", r >= 1.3) if int8_dot else (">= 1.0x", r >= 1.0) if r is not None else ("", None)
         lines.append(_line(f"int8 ORT vs our fp32 ORT, batch {b}", r, target, ok if r is not None else None))
+    lines.append(f"    (this CPU: {kind}, int8 dot product {'yes' if int8_dot else 'no'}; the target was "
+                 f"{TARGET_KINDS['int8']})")
     if 1 in batch_sizes:
         r, case = _best(results, TORCH_OURS, "timm-ort", 1)
         lines.append(_line(f"PyTorch batch 1 ({case}) vs timm ONNX in ORT", r, ">= 1.0x", None if r is None else r >= 1.0))
+        lines.append(f"    (this CPU: {kind}; the target was {TARGET_KINDS['torch-b1']})")
     return lines
 
 
@@ -89,7 +105,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = cpu_info()
-    print(f"CPU: {info.describe()}")
+    print(f"CPU: {cpu_model_name()}; kind {info.kind}; {info.describe()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model} {args.img_size}x{args.img_size}")
     for ckpt in args.checkpoint:
         print("accuracy (int8 post-training quantization):")

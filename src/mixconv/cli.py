@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from mixconv.commands import benchmark as benchmark_cmd
@@ -18,6 +19,7 @@ from mixconv.commands import train as train_cmd
 from mixconv.commands import validate as validate_cmd
 from mixconv.commands import verify as verify_cmd
 from mixconv.files.inputs import MixconvInputError
+from mixconv.kernels.capability import LowPrecisionWarning
 from mixconv.models.registry import UnknownModelError
 
 COMMANDS = (info_cmd, train_cmd, validate_cmd, predict_cmd, export_cmd, convert_cmd, benchmark_cmd, verify_cmd,
@@ -42,7 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # Every command prints its own `warning:`/`note:` line for these (once, on rank 0); the Python warning,
+            # meant for library callers, would say the same again (and once per torchrun process).
+            warnings.filterwarnings("ignore", category=LowPrecisionWarning)
+            return int(args.func(args) or 0)
     except (MixconvInputError, UnknownModelError) as e:  # ConfigError, CheckpointError: damaged or wrong input
         print(f"mixconv {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import json
 import os
 import resource
@@ -143,15 +144,27 @@ def _rss_mb() -> float | None:
         return None
 
 
-def measure_peak_memory(step: Callable[[], None], device: torch.device) -> float | None:
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere), so that a resident
+    set measured next counts memory in use, not memory an earlier case freed."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure_peak_memory(step: Callable[[], None], device: torch.device, baseline: float | None = None) -> float | None:
     """Peak memory (MiB) of one step: CUDA's allocator peak, or on CPU the resident set sampled every 2 ms
-    during the step, minus the resident set before it."""
+    during the step, minus ``baseline`` (the resident set before the case was built: then the figure includes
+    the weights and the buffers a compiled or optimized model keeps between calls, which a difference to the
+    resident set just before the step misses: 0 MiB for a compiled model that reuses its buffers), else minus
+    the resident set before the step."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         step()
         _sync(device)
         return torch.cuda.max_memory_allocated(device) / 2**20
-    before = _rss_mb()
+    before = _rss_mb() if baseline is None else baseline
     if before is None:
         step()
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -191,13 +204,15 @@ def run_cases(
     results, steps = [], []
     for case in cases:
         log(f"building {case.name}")
+        release_free_memory()
+        baseline = _rss_mb() if dev.type == "cpu" else None
         model = build_model(case, dev, x)
         step = make_step(case, model, x)
         for _ in range(warmup):  # the first calls compile / create oneDNN primitives
             step()
         _sync(dev)
         res = Result(case, batch_size, img_size)
-        res.peak_mem_mb = measure_peak_memory(step, dev)
+        res.peak_mem_mb = measure_peak_memory(step, dev, baseline)
         if count_macs:
             res.macs_per_image = _macs(case.model, img_size)
         results.append(res)

@@ -27,7 +27,7 @@ _DATA = (
     ("--img-size", int, "input size (digits recipe: 64, digit-pairs: 32)"),
     ("--crop-pct", float, "eval resize is img_size / crop_pct, then a center crop"),
     ("--interpolation", str, "nearest, bilinear or bicubic"),
-    ("--workers", int, "data loader worker processes per rank"),
+    ("--workers", int, "data loader worker processes per rank (default: min(8, CPUs per process - 1))"),
     ("--hflip", float, "horizontal flip probability"),
     ("--auto-augment", str, "none, randaugment, autoaugment or trivialaugment"),
     ("--randaugment-magnitude", int, "RandAugment magnitude"),

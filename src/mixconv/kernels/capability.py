@@ -34,6 +34,19 @@ class CpuInfo:
     int8_dot: bool  # int8 dot-product units: AVX-512 VNNI, AVX-VNNI or AMX-INT8 on x86; dotprod/i8mm on Arm
     flags: frozenset[str]  # the relevant flags found (from /proc/cpuinfo where there is one)
 
+    @property
+    def kind(self) -> str:
+        """The CPU kind that speed figures and targets are stated per: ``x86-amx`` (AMX tiles: Intel Sapphire
+        Rapids and later), ``x86-avx512`` (AVX-512 without AMX: AMD Zen 4/5, Intel Ice Lake...), ``x86-avx2``,
+        ``arm64``, or the bare architecture."""
+        if self.arch.lower() in ("x86_64", "amd64"):
+            if self.flags & {"amx_tile", "amx_bf16", "amx_int8"}:
+                return "x86-amx"
+            if "avx512f" in self.flags:
+                return "x86-avx512"
+            return "x86-avx2" if "avx2" in self.flags else "x86"
+        return "arm64" if self.arch.lower() in ("aarch64", "arm64") else self.arch
+
     def describe(self) -> str:
         """A one-line summary for benchmark headers and warnings."""
         shown = ", ".join(sorted(self.flags)) or "none found"
@@ -62,6 +75,18 @@ def _cpuinfo_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name (``model name`` in /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def forced() -> str | None:

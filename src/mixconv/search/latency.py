@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import platform
 import random
 import statistics
 import time
@@ -31,7 +30,7 @@ from torch import nn
 
 from mixconv.files.atomic import atomic_write
 from mixconv.files.config import ConfigError
-from mixconv.kernels.capability import cpu_info
+from mixconv.kernels.capability import cpu_info, cpu_model_name
 from mixconv.models.builder import ResolvedBlock
 from mixconv.models.mixnet import MixNetBlock
 from mixconv.models.profile import count_macs
@@ -55,17 +54,6 @@ def check_target(target: str) -> str:
     return target
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def runtime_version(target: str) -> str:
     if target.startswith("onnxruntime"):
         import onnxruntime as ort
@@ -85,7 +73,7 @@ class TableKey:
     batch_size: int = 1
     threads: int = 1
     in_chans: int = 3
-    device: str = field(default_factory=lambda: f"{_cpu_name()} ({cpu_info().describe()})")
+    device: str = field(default_factory=lambda: f"{cpu_model_name()} ({cpu_info().describe()})")
     runtime: str = ""
 
     def to_dict(self) -> dict:

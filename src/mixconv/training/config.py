@@ -26,6 +26,16 @@ AUTO_AUGMENTS = ("none", "randaugment", "autoaugment", "trivialaugment")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
+def auto_workers(local_processes: int = 1) -> int:
+    """Data-loading workers per training process when a recipe does not say: the CPUs this process may use,
+    shared by the ``local_processes`` training processes of this machine, less one for the training process
+    itself, at most 8 (0 on a machine with one CPU per process: the main process loads)."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus // max(1, local_processes) - 1))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run (the resolved form is saved as ``config.yaml``)."""
@@ -54,7 +64,7 @@ class TrainConfig:
     interpolation: Optional[str] = None
     mean: Optional[tuple[float, float, float]] = None
     std: Optional[tuple[float, float, float]] = None
-    workers: int = 2
+    workers: Optional[int] = None  # data-loading processes per training process; None: auto_workers()
     gpu_decode: bool = False  # ImageFolder JPEGs decoded on the GPU (nvJPEG), transforms there too
     shuffle_buffer: int = 1000  # shards: samples each data stream (rank x worker) shuffles through
     # augmentation
@@ -112,7 +122,7 @@ class TrainConfig:
             ("qat_calib_images", self.qat_calib_images >= 1, "an int >= 1"),
             ("batch_size", self.batch_size >= 1, "an int >= 1"),
             ("accum_steps", self.accum_steps >= 1, "an int >= 1"),
-            ("workers", self.workers >= 0, "an int >= 0"),
+            ("workers", self.workers is None or self.workers >= 0, "an int >= 0 (or null: what the machine has)"),
             ("shuffle_buffer", self.shuffle_buffer >= 1, "an int >= 1"),
             ("checkpoint_every", self.checkpoint_every >= 0, "an int >= 0 (0: at epoch ends only)"),
             ("lr", self.lr > 0, "a positive number"),

@@ -5,9 +5,9 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +39,7 @@ from mixconv.inference.engine import evaluate, warn_amp
 from mixconv.models.pretrained_cfg import Preprocess
 from mixconv.training import elastic, preempt
 from mixconv.training import state as ckpt
-from mixconv.training.config import TrainConfig, check_overrides, make_config
+from mixconv.training.config import TrainConfig, auto_workers, check_overrides, make_config
 from mixconv.training.data import TrainData, build_data, resolve_preprocess
 from mixconv.training.ema import ModelEma
 from mixconv.training.engine import EpochTotals, NonFiniteLossError, StepSettings, train_one_epoch
@@ -123,15 +123,20 @@ def resolved_config(cfg: TrainConfig, pre: Preprocess, num_classes: int, model: 
 
 
 def default_output(cfg: TrainConfig, info: DistInfo) -> Path:
+    """``--output``, else ``runs/<model>-<data>`` (``runs/mixnet_s-digits`` for the quick start), or the first of
+    ``runs/<model>-<data>-2``, ``-3``, ... that does not exist yet: a new run never writes into an old one."""
     if cfg.output:
         return Path(cfg.output)
-    name = Path(cfg.model).stem
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    if info.distributed:  # every rank must use rank 0's timestamp
-        obj = [stamp]
+    base = f"{Path(cfg.model).stem}-{Path(cfg.data.rstrip('/')).name or 'data'}"
+    name, n = base, 1
+    while (Path("runs") / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    if info.distributed:  # every rank must use rank 0's choice (a rank may look after rank 0 created it)
+        obj = [name]
         torch.distributed.broadcast_object_list(obj, src=0)
-        stamp = obj[0]
-    return Path("runs") / f"{name}-{stamp}"
+        name = obj[0]
+    return Path("runs") / name
 
 
 def write_metrics(out_dir: Path, history: list[dict]) -> None:
@@ -329,6 +334,8 @@ class Trainer:
 
 
 def _setup(cfg: TrainConfig, info: DistInfo, out_dir: Path) -> Trainer:
+    if cfg.workers is None:  # the recipe leaves it to the machine; config.yaml records the number used
+        cfg = replace(cfg, workers=auto_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

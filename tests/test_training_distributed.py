@@ -27,6 +27,9 @@ def test_torchrun_two_processes_gloo(tiny_model, image_folder, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "on 2 process(es)" in r.stderr
     assert "plain BatchNorm on CPU" in r.stderr  # --sync-bn needs CUDA
+    # quiet: no warning but the one about the flag given (DDP's grad-stride warning had one per rank)
+    warned = [line for line in r.stderr.splitlines() if "Warning" in line or "warning:" in line]
+    assert all("plain BatchNorm on CPU" in line for line in warned), warned
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs"] == 1
     with open(out / "metrics.csv") as f:
@@ -37,3 +40,23 @@ def test_torchrun_two_processes_gloo(tiny_model, image_folder, tmp_path):
     assert single["images"] == 24
     assert float(rows[0]["val_top1"]) == pytest.approx(single["top1"], abs=0.01)
     assert float(rows[0]["val_loss"]) == pytest.approx(single["loss"], abs=1e-3)
+
+
+def test_gradients_arrive_in_their_parameters_strides():
+    """oneDNN hands MixConv's and the 1x1 convs' weight gradients back with other strides on size-1 dims; DDP
+    would warn on every rank. The hooks restride them (a view, same values)."""
+    from mixconv.training.grad_layout import match_grad_strides
+
+    def grads(hooked: bool) -> dict:
+        torch.manual_seed(0)
+        model = mixconv.create_model("mixnet_s", num_classes=3).train()
+        if hooked:
+            assert match_grad_strides(model) == sum(1 for _ in model.parameters())
+        model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))).sum().backward()
+        return {n: p.grad for n, p in model.named_parameters()}, dict(model.named_parameters())
+
+    plain, params = grads(False)
+    assert any(g.stride() != params[n].stride() for n, g in plain.items())  # what the hooks are for
+    fixed, params = grads(True)
+    assert all(g.stride() == params[n].stride() for n, g in fixed.items())
+    assert all(torch.equal(fixed[n], plain[n]) for n in plain)

@@ -41,6 +41,7 @@ from mixconv.training import elastic, preempt
 from mixconv.training import state as ckpt
 from mixconv.training.config import TrainConfig, auto_workers, check_overrides, make_config
 from mixconv.training.data import TrainData, build_data, resolve_preprocess
+from mixconv.training.grad_layout import match_grad_strides
 from mixconv.training.ema import ModelEma
 from mixconv.training.engine import EpochTotals, NonFiniteLossError, StepSettings, train_one_epoch
 from mixconv.training.preempt import Preempted
@@ -412,6 +413,7 @@ def _start(t: Trainer) -> None:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         # A supernet's step uses one sampled path: the other choices' parameters get no gradient that step.
         unused = bool(getattr(t.model, "samples_paths", False))
+        match_grad_strides(t.model)  # else DDP warns on every rank that oneDNN's weight grads have other strides
         t.train_model = nn.parallel.DistributedDataParallel(t.train_model, device_ids=device_ids,
                                                             find_unused_parameters=unused)
 

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = cpu_info()
-    print(f"CPU: {cpu_model_name()}; kind {info.kind}; {info.describe()}")
+    print(f"CPU: {cpu_model_name()}, kind {info.describe()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model} {args.img_size}x{args.img_size}")
     for ckpt in args.checkpoint:
         print("accuracy (int8 post-training quantization):")

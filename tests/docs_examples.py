@@ -9,8 +9,9 @@ How a document runs:
 - in a fresh empty folder (its own per document), so that relative paths mean what they mean to a reader;
 - ``python`` blocks execute in the document's namespace; ``bash`` blocks run in ``bash -e`` from that folder,
   with this environment's ``mixconv`` and ``python`` on the PATH;
-- a block whose first line (after a shebang) is ``# needs: ...`` is not run; the test is reported as skipped
-  with that line as the reason, and the reader sees the same line;
+- a block whose first line (after a shebang) is ``# needs: ...`` runs only where the test machine has what it
+  names and can check it (``CHECKABLE_NEEDS``: int8 dot products, a CUDA GPU); otherwise the test is reported
+  as skipped with that line as the reason, and the reader sees the same line;
 - the files a document reads but does not make itself are made first, the way a reader gets them, with
   mixconv's own functions: ``mixnet_s.pth`` (weights in timm's format: here random ones, a new
   ``mixconv.create_model("mixnet_s")`` saved and converted with ``mixconv.convert_checkpoint``) and ``runs/mixnet_s-digits`` (what the quick
@@ -40,6 +41,28 @@ NEEDS = re.compile(r"^#\s*needs:\s*(?P<what>.+)$")
 QUICK_RUN = "runs/mixnet_s-digits"  # the quick start's output folder
 TIMM_WEIGHTS = "mixnet_s.pth"
 _cache: dict[str, Path] = {}
+
+
+def _has_int8_dot() -> bool:
+    from mixconv.kernels.capability import has_int8_dot
+
+    return has_int8_dot()
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# Needs the test machine can check: a block that starts with one of these runs where the machine has it.
+CHECKABLE_NEEDS = {"a CPU with int8 dot products": _has_int8_dot, "a CUDA GPU": _has_cuda}
+
+
+def unmet(reason: str) -> bool:
+    """Whether this machine lacks what a ``# needs:`` line asks for (unknown needs count as unmet)."""
+    check = next((c for key, c in CHECKABLE_NEEDS.items() if reason.startswith(key)), None)
+    return check is None or not check()
 
 
 def needs(source: str) -> str | None:
@@ -105,7 +128,7 @@ def teardown(namespace: dict[str, Any]) -> None:
 def evaluate_python(example: Example) -> None:
     source = str(example.parsed)
     reason = needs(source)
-    if reason:
+    if reason and unmet(reason):
         pytest.skip(f"{Path(example.path).relative_to(REPO)}:{example.line} needs {reason}")
     code = "\n" * (example.line) + source  # line numbers in tracebacks are the document's
     exec(compile(code, example.path, "exec", dont_inherit=True), example.namespace)
@@ -126,7 +149,7 @@ def shell_script(source: str) -> str:
 def evaluate_shell(example: Example) -> None:
     source = str(example.parsed)
     reason = needs(source)
-    if reason:
+    if reason and unmet(reason):
         pytest.skip(f"{Path(example.path).relative_to(REPO)}:{example.line} needs {reason}")
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"}

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from docs_examples import REPO, needs, shell_script
+from docs_examples import REPO, needs, shell_script, unmet
 
 from mixconv.cli import build_parser
 from mixconv.inference.distributed import DistInfo
@@ -66,3 +66,16 @@ def test_doc_blocks_marked_needs_are_skipped_and_shell_blocks_run_as_written():
     assert needs("import torch  # needs: nothing") is None
     script = shell_script('pip install -e ".[dev]" && mixconv train\npython -m pytest -q\nmixconv info \\\n  --model x')
     assert script.splitlines() == ["mixconv train", "mixconv info    --model x"]
+
+
+def test_checkable_needs_run_where_the_machine_has_them(monkeypatch):
+    import torch
+
+    from mixconv.kernels import capability
+
+    assert unmet("ImageNet at /data/imagenet")  # nothing can check that: skipped
+    assert unmet("a CUDA GPU (the Triton kernels)") == (not torch.cuda.is_available())
+    monkeypatch.setenv(capability.FORCE_ENV, "avx2")
+    assert unmet("a CPU with int8 dot products (VNNI)")
+    monkeypatch.setenv(capability.FORCE_ENV, "native")
+    assert not unmet("a CPU with int8 dot products (VNNI)")

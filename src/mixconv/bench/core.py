@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from mixconv.inference.engine import quiet_cpu_compile
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -101,6 +103,7 @@ def build_model(case: Case, device: torch.device, example: torch.Tensor) -> torc
         model = model.to(memory_format=torch.channels_last)
     if case.compile:
         # Inference weights are constants: inductor's freezing folds and pre-packs them (for timm too).
+        quiet_cpu_compile(device)
         model = torch.compile(model, options={"freezing": True} if case.mode == "infer" else None)
     return model
 

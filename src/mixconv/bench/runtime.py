@@ -15,6 +15,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from mixconv.inference.engine import quiet_cpu_compile
+
 # What each case is; "ours" cases are mixconv's, the rest are the references.
 CASES = {
     "timm-ort": "timm's ONNX export (timm.utils.onnx.onnx_export) in onnxruntime",
@@ -152,6 +154,7 @@ def compiled_for_inference(model: torch.nn.Module) -> torch.nn.Module:
 
     opt = optimize_for_inference(model)
     opt.micro_stages = 0  # micro-batches only pay at large batches in eager mode; inductor plans the memory
+    quiet_cpu_compile(torch.device("cpu"))
     return torch.compile(opt, options={"freezing": True})
 
 

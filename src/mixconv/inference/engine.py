@@ -51,6 +51,16 @@ def warn_amp(device: torch.device, amp: str, stacklevel: int = 2) -> Optional[st
     return warn_emulated_precision(amp_dtype(amp), device, f"--amp {amp}", stacklevel=stacklevel + 1)
 
 
+def quiet_cpu_compile(device: torch.device) -> None:
+    """Before ``torch.compile`` on a CPU: with a CUDA build of torch and no CUDA runtime, inductor's C++ build
+    logs "No CUDA runtime is found, using CUDA_HOME=..." at its first compile, which says nothing about a CPU
+    run and asks nothing of the user; only that logger's warnings are hidden."""
+    if device.type == "cpu":
+        import logging
+
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 class Progress:
     """A tqdm bar on a terminal; plain lines every ``interval`` steps otherwise (logs, CI). Silent off rank 0."""
 

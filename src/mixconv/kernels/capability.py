@@ -51,7 +51,7 @@ class CpuInfo:
         """A one-line summary for benchmark headers and warnings."""
         shown = ", ".join(sorted(self.flags)) or "none found"
         return (
-            f"{self.arch}, torch capability {self.capability}, native bf16 {'yes' if self.native_bf16 else 'no'}, "
+            f"{self.kind} ({self.arch}), torch capability {self.capability}, native bf16 {'yes' if self.native_bf16 else 'no'}, "
             f"native fp16 {'yes' if self.native_fp16 else 'no'}, int8 dot product "
             f"{'yes' if self.int8_dot else 'no'} (flags: {shown})"
         )

@@ -35,7 +35,7 @@ from mixconv.inference.distributed import (
     init_distributed,
     sync_buffers,
 )
-from mixconv.inference.engine import evaluate, warn_amp
+from mixconv.inference.engine import evaluate, quiet_cpu_compile, warn_amp
 from mixconv.models.pretrained_cfg import Preprocess
 from mixconv.training import elastic, preempt
 from mixconv.training import state as ckpt
@@ -408,6 +408,7 @@ def _start(t: Trainer) -> None:
     """Wrap the model for training (compile, DDP) and write the run directory's starting files."""
     cfg, info = t.cfg, t.info
     if cfg.compile:
+        quiet_cpu_compile(info.device)
         t.train_model = torch.compile(t.train_model)
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None

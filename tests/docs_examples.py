@@ -18,7 +18,9 @@ How a document runs:
   start's ``mixconv train`` writes: the README runs it as written, once, and the guides get a copy), each only
   where the document names it;
 - shell blocks run as written, except that ``pip install`` and ``python -m pytest`` lines are left out (the
-  test run is both); blocks too slow for CI say so in their ``# needs:`` line.
+  test run is both); blocks too slow for CI say so in their ``# needs:`` line. A block passes when it exits 0
+  and prints no warning a reader cannot act on (``NOISE``: Python, torch and onnxruntime warnings; mixconv's
+  own ``warning:`` lines say what to do and are allowed).
 """
 from __future__ import annotations
 
@@ -146,6 +148,18 @@ def shell_script(source: str) -> str:
     return "\n".join(out)
 
 
+# Warnings a reader cannot act on: Python warnings (``...: UserWarning: ...``), torch's C++/logging warnings
+# (``W1206 12:00:00...``, ``[W...]``) and onnxruntime's (``[W:onnxruntime:...``). mixconv's own ``warning:`` lines
+# name what to do and are allowed.
+NOISE = re.compile(r"^(?:\S+:\d+: )?\w*Warning: |^W\d{4} \d\d:\d\d|^\[W[: ]|\[W:onnxruntime", re.MULTILINE)
+
+
+def noise(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that are warnings a reader cannot act on (see ``NOISE``)."""
+    clean = re.sub(r"\x1b\[[0-9;]*m", "", stderr)  # onnxruntime colours its lines
+    return [line for line in clean.splitlines() if NOISE.search(line)]
+
+
 def evaluate_shell(example: Example) -> None:
     source = str(example.parsed)
     reason = needs(source)
@@ -163,6 +177,9 @@ def evaluate_shell(example: Example) -> None:
         raise AssertionError(f"{example.path}:{example.line}: the shell block exited {proc.returncode}\n"
                              f"--- script\n{script}\n--- stdout (tail)\n{proc.stdout[-3000:]}\n"
                              f"--- stderr (tail)\n{textwrap.indent(proc.stderr[-3000:], '  ')}")
+    noisy = noise(proc.stderr)
+    if noisy:  # the examples are what a newcomer runs first: they must be quiet
+        raise AssertionError(f"{example.path}:{example.line}: warnings a reader cannot act on:\n" + "\n".join(noisy))
 
 
 sybil = Sybil(

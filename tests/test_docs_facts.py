@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from docs_examples import REPO, needs, shell_script, unmet
+from docs_examples import REPO, needs, noise, shell_script, unmet
 
 from mixconv.cli import build_parser
 from mixconv.inference.distributed import DistInfo
@@ -79,3 +79,14 @@ def test_checkable_needs_run_where_the_machine_has_them(monkeypatch):
     assert unmet("a CPU with int8 dot products (VNNI)")
     monkeypatch.setenv(capability.FORCE_ENV, "native")
     assert not unmet("a CPU with int8 dot products (VNNI)")
+
+
+def test_the_shell_examples_fail_on_warnings_a_reader_cannot_act_on():
+    stderr = "\n".join([
+        "epoch 1/20 [10/44] loss=2.3",
+        "mixconv export: warning: no --checkpoint given; exporting random weights",  # says what to do: allowed
+        "/x/torch/autograd/graph.py:1072: UserWarning: Grad strides do not match bucket view strides.",
+        "W1206 13:02:57.459000 32043 torch/distributed/run.py:982] Setting OMP_NUM_THREADS ...",
+        "\x1b[0;93m2026-12-06 12:37:14.95 [W:onnxruntime:, graph.cc:5809 CleanUnused...] Removing initializer",
+    ])
+    assert [line[:12] for line in noise(stderr)] == ["/x/torch/aut", "W1206 13:02:", "2026-12-06 1"]

@@ -421,21 +421,22 @@ def test_damaged_image_folder_roots(how, good, tmp_path, monkeypatch):
 
 
 def test_export_verification_names_a_damaged_onnx_file(good, tmp_path, monkeypatch):
-    """The exported file is read back from disk: damage there (here: truncated after writing) is named."""
+    """The exported file is read back from disk: damage there (here: truncated after writing) is named, by the
+    output's name, and nothing is left at the output."""
     import mixconv.deploy.export as export
 
-    real = export.atomic_write
+    real = export.onnx_session
 
-    def write_then_truncate(path, write):
-        out = real(path, write)
-        Path(out).write_bytes(Path(out).read_bytes()[:100])
-        return out
+    def truncate_then_open(path, *args, **kwargs):
+        Path(path).write_bytes(Path(path).read_bytes()[:100])
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(export, "atomic_write", write_then_truncate)
+    monkeypatch.setattr(export, "onnx_session", truncate_then_open)
     model = _tiny_model(tmp_path)
     out = tmp_path / "m.onnx"
-    with pytest.raises(MixconvInputError, match="m.onnx: not a readable ONNX file"):
+    with pytest.raises(MixconvInputError, match=r"[/\\]m\.onnx: not a readable ONNX file"):
         export.export_onnx(model, out, img_size=32, exporter="torchscript")
+    assert not out.exists() and not list(tmp_path.glob(".m.onnx*"))
     with pytest.raises(MixconvInputError, match="m.onnx"):
         export.onnx_op_counts(out)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixconv.files.atomic import staged_file
-from mixconv.files.inputs import load_onnx, onnx_session
+from mixconv.files.inputs import MixconvInputError, load_onnx, onnx_session
 from mixconv.layers.conv2d_same import Conv2dSame
 from mixconv.layers.padding import same_pad_amount
 
@@ -251,7 +251,10 @@ def export_onnx(
             return None
         import onnxruntime as ort
 
-        session = onnx_session(tmp)  # read back from disk: damage there is one clear error naming the file
+        try:  # read back from disk: damage there is one clear error naming the file
+            session = onnx_session(tmp)
+        except MixconvInputError as e:  # named as the user knows it, not by its temporary name
+            raise type(e)(str(e).replace(str(tmp), str(path))) from None
 
         def run(x: torch.Tensor) -> list[torch.Tensor]:
             return [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
@@ -281,7 +284,9 @@ def export_torchscript(
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated.*")
         traced = torch.jit.trace(net, torch.zeros(shape), check_trace=False)
     with staged_file(path) as tmp:  # published only once verified
-        torch.jit.save(traced, str(tmp))
+        with warnings.catch_warnings():  # TorchScript is this format; its deprecation is not the user's to act on
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated.*")
+            torch.jit.save(traced, str(tmp))
         if not verify:
             return None
 

@@ -247,19 +247,24 @@ def export_onnx(
 
     with staged_file(path) as tmp:  # published only once verified: a failed check leaves no file at path
         write(str(tmp))
-        if not verify:
-            return None
-        import onnxruntime as ort
+        return _verify_onnx(tmp, path, model, shape, dynamic_batch, tol) if verify else None
 
-        try:  # read back from disk: damage there is one clear error naming the file
-            session = onnx_session(tmp)
-        except MixconvInputError as e:  # named as the user knows it, not by its temporary name
-            raise type(e)(str(e).replace(str(tmp), str(path))) from None
 
-        def run(x: torch.Tensor) -> list[torch.Tensor]:
-            return [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+def _verify_onnx(tmp: Path, path: Path, model: nn.Module, shape: tuple[int, ...], dynamic_batch: bool,
+                 tol: float) -> ExportCheck:
+    """Read the staged file ``tmp`` back from disk (damage there is one clear error naming ``path``, as the user
+    knows it) and compare onnxruntime's outputs with PyTorch's."""
+    import onnxruntime as ort
 
-        return _verify("onnx", path, f"onnxruntime {ort.__version__}", run, model, shape, dynamic_batch, tol)
+    try:
+        session = onnx_session(tmp)
+    except MixconvInputError as e:
+        raise type(e)(str(e).replace(str(tmp), str(path))) from None
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+
+    return _verify("onnx", path, f"onnxruntime {ort.__version__}", run, model, shape, dynamic_batch, tol)
 
 
 def export_torchscript(

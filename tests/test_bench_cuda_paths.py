@@ -114,7 +114,8 @@ def test_gpu_benchmark_parts_run_on_cpu():
     assert bw > 0
     rows = bc.gpu_rows(results, 28.7, bw)
     assert [r["case"] for r in rows] == [c.name for c in cases]
-    assert rows[1]["vs_timm"] == pytest.approx(results[1].img_per_s / results[0].img_per_s, rel=0.01)
+    # the row rounds the ratio to 2 decimals: at a ratio near 0.3 that alone is more than 1%
+    assert rows[1]["vs_timm"] == pytest.approx(results[1].img_per_s / results[0].img_per_s, abs=0.0051)
     assert rows[2]["roofline_pct"] is None and rows[1]["roofline_pct"] > 0
     assert "mixnet_s" in bc.format_gpu_rows(rows)
     assert bc.roofline_pct(1000.0, 28.7, 2870.0) == pytest.approx(100 * 1000 / (2870e9 / 28.7e6))

@@ -127,11 +127,17 @@ def teardown(namespace: dict[str, Any]) -> None:
     shutil.rmtree(namespace["__doc_folder__"], ignore_errors=True)
 
 
-def evaluate_python(example: Example) -> None:
+def _source_to_run(example: Example) -> str:
+    """The block's source; skips the test, with the block's ``# needs:`` line, where this machine lacks it."""
     source = str(example.parsed)
     reason = needs(source)
     if reason and unmet(reason):
         pytest.skip(f"{Path(example.path).relative_to(REPO)}:{example.line} needs {reason}")
+    return source
+
+
+def evaluate_python(example: Example) -> None:
+    source = _source_to_run(example)
     code = "\n" * (example.line) + source  # line numbers in tracebacks are the document's
     exec(compile(code, example.path, "exec", dont_inherit=True), example.namespace)
 
@@ -161,10 +167,7 @@ def noise(stderr: str) -> list[str]:
 
 
 def evaluate_shell(example: Example) -> None:
-    source = str(example.parsed)
-    reason = needs(source)
-    if reason and unmet(reason):
-        pytest.skip(f"{Path(example.path).relative_to(REPO)}:{example.line} needs {reason}")
+    source = _source_to_run(example)
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"}
     script = shell_script(source)

@@ -120,8 +120,12 @@ def read_metadata(path: str | Path) -> OnnxMetadata:
     """The mixconv metadata of an ONNX file (defaults where a key is absent)."""
     from mixconv.files.inputs import load_onnx
 
-    proto = load_onnx(path, check=False, error=MetadataError)
-    return OnnxMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
+    return metadata_of(load_onnx(path, check=False, error=MetadataError), path)
+
+
+def metadata_of(proto: Any, source: str | Path) -> OnnxMetadata:
+    """The mixconv metadata of a loaded ``onnx.ModelProto`` (``source`` names it in errors)."""
+    return OnnxMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(source))
 
 
 def checkpoint_metadata(model: nn.Module, checkpoint: str | Path | None,

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from mixconv.files.config import ConfigError
+from mixconv.files.inputs import load_onnx as read_onnx
 from mixconv.files.inputs import onnx_session
-from mixconv.files.onnx_metadata import read_metadata
+from mixconv.files.onnx_metadata import MetadataError, metadata_of
 from mixconv.inference.loaded import Loaded
 from mixconv.models.pretrained_cfg import Preprocess
 
@@ -76,7 +77,8 @@ def load_onnx(path: str | Path, *, threads: Optional[int] = None, img_size: Opti
     import sys
 
 
-    meta = read_metadata(path)
+    proto = read_onnx(path, check=False, error=MetadataError)  # read once: the metadata and the kind of file
+    meta = metadata_of(proto, path)
     net = OrtClassifier(path, threads)
     h, w = onnx_input_hw(net)
     if h != w:
@@ -90,12 +92,6 @@ def load_onnx(path: str | Path, *, threads: Optional[int] = None, img_size: Opti
         raise ConfigError(f"--img-size {img_size}: {path} takes {h}x{w} images only")
     pre = replace(pre, img_size=h, crop_pct=crop_pct or pre.crop_pct, interpolation=interpolation or pre.interpolation)
     net.model_name = meta.model_name or net.model_name
+    kind = "int8" if any(n.op_type == "QuantizeLinear" for n in proto.graph.node) else "float32"  # QDQ: int8
     return Loaded(net, meta.classes, pre, meta.data, meta.val_fraction,
-                  f"{path}: {net.model_name}, {_onnx_kind(path)} ONNX in onnxruntime on the CPU")
-
-
-def _onnx_kind(path: str | Path) -> str:
-    """``int8`` for a quantized (QDQ) file, else ``float32``."""
-    from mixconv.files.inputs import load_onnx as read_onnx
-
-    return "int8" if any(n.op_type == "QuantizeLinear" for n in read_onnx(path, check=False).graph.node) else "float32"
+                  f"{path}: {net.model_name}, {kind} ONNX in onnxruntime on the CPU")

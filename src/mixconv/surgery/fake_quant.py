@@ -39,7 +39,7 @@ from torch import nn
 from mixconv.layers.mixed_conv import MixConv2d
 from mixconv.layers.squeeze_excite import SqueezeExcite
 
-# The activation types of `mixconv quantize --activation-type` (a test checks they agree with the deploy room)
+# The activation types QAT simulates: `mixconv train --qat-activation` and `mixconv quantize --activation-type`
 ACTIVATION_TYPES = ("uint8", "int8")
 MODES = ("float", "calibrate", "quantize")
 QAT_RECALIBRATE_STEPS = 50  # training steps between recalibrations of the activation ranges

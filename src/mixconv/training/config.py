@@ -16,12 +16,13 @@ from typing import Any, Mapping, Optional
 
 from mixconv.files.config import ConfigError
 from mixconv.files.inputs import read_yaml, short_repr
+# What QAT simulates; the same as mixconv.deploy.quantize.ACTIVATION_TYPES (a test checks: training and deploy are
+# independent rooms)
+from mixconv.surgery.fake_quant import ACTIVATION_TYPES as QAT_ACTIVATIONS
 
 OPTIMIZERS = ("sgd", "rmsproptf", "adamw")
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
-# The same as mixconv.deploy.quantize.ACTIVATION_TYPES (a test checks): training and deploy are independent rooms
-QAT_ACTIVATIONS = ("uint8", "int8")
 AUTO_AUGMENTS = ("none", "randaugment", "autoaugment", "trivialaugment")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
